@@ -1,0 +1,265 @@
+"""Bed image: a Debian root filesystem built with mmdebstrap from Debian packages only.
+
+The image is generic (no keys inside); the launcher hands each bed its own keys through fw_cfg.
+It is cached under a key made from the suite, the package list and this recipe (this module plus
+files/), so it is rebuilt only when one of those changes.
+"""
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from filelock import FileLock
+
+from harness import paths
+from harness.errors import HarnessError
+from harness.progress import say
+
+FILES = Path(__file__).parent / "files"
+
+COMMON_PACKAGES = [
+    "linux-image-amd64", "systemd-sysv", "udev", "openssh-server", "sudo",
+    "libvirt-daemon-system", "libvirt-clients", "libvirt-daemon-driver-qemu",
+    "qemu-system-x86", "seabios", "ipxe-qemu", "pciutils", "iproute2", "kmod",
+    "dnsmasq-base", "nftables", "busybox-static", "procps", "ethtool", "python3",
+]
+
+#: suite -> (extra packages, what it brings). Unknown suites are refused with this list.
+SUITES = {
+    "trixie": ([], "libvirt 11.3, QEMU 10.0, kernel 6.12"),
+    "bookworm": (["iptables"], "libvirt 9.0, QEMU 7.2, kernel 6.1"),
+    "sid": ([], "libvirt 12.x, QEMU 11.x, kernel 7.x"),
+}
+
+ROOT_LABEL = "hx-bed-root"
+IMAGE_SIZE = "6G"
+GUEST_DIR = "/var/lib/libvirt/images/hx-guest"
+
+
+@dataclass
+class Image:
+    suite: str
+    key: str
+    dir: Path
+
+    @property
+    def disk(self) -> Path:
+        return self.dir / "root.img"
+
+    @property
+    def kernel(self) -> Path:
+        return self.dir / "vmlinuz"
+
+    @property
+    def initrd(self) -> Path:
+        return self.dir / "initrd.img"
+
+    @property
+    def manifest(self) -> dict:
+        return json.loads((self.dir / "manifest.json").read_text())
+
+    def ready(self) -> bool:
+        return (self.dir / "manifest.json").exists()
+
+
+def check_suite(suite: str) -> None:
+    if suite not in SUITES:
+        known = ", ".join(f"{s} ({d})" for s, (_, d) in SUITES.items())
+        raise HarnessError(f"unknown suite {suite!r}", hint=f"choose one of: {known}")
+
+
+def packages(suite: str) -> list[str]:
+    check_suite(suite)
+    return sorted(set(COMMON_PACKAGES + SUITES[suite][0]))
+
+
+def recipe_digest() -> str:
+    h = hashlib.sha256()
+    for p in sorted([Path(__file__), *FILES.iterdir()]):
+        h.update(p.name.encode())
+        h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def cache_key(suite: str) -> str:
+    h = hashlib.sha256(json.dumps({"suite": suite, "packages": packages(suite),
+                                   "recipe": recipe_digest()}, sort_keys=True).encode())
+    return f"{suite}-{h.hexdigest()[:12]}"
+
+
+def image_for(suite: str) -> Image:
+    key = cache_key(suite)
+    return Image(suite=suite, key=key, dir=paths.images_dir() / key)
+
+
+def host_mirror() -> str | None:
+    """The Debian mirror the host's apt already uses (so no address is baked into the project)."""
+    if os.environ.get("HARNESS_DEBIAN_MIRROR"):
+        return os.environ["HARNESS_DEBIAN_MIRROR"]
+    texts = []
+    for f in ["/etc/apt/sources.list", *sorted(glob.glob("/etc/apt/sources.list.d/*"))]:
+        try:
+            texts.append(Path(f).read_text())
+        except OSError:
+            continue
+    for text in texts:
+        for m in re.finditer(r"^(?:URIs:\s*|deb\s+(?:\[[^\]]*\]\s+)?)(\S+/debian)/?\s*$", text, re.M):
+            return m.group(1)
+        for m in re.finditer(r"^deb\s+(?:\[[^\]]*\]\s+)?(\S+/debian)/?\s+\S+", text, re.M):
+            return m.group(1)
+    return None
+
+
+def require_tools(*tools: str) -> None:
+    missing = [t for t in tools if shutil.which(t) is None]
+    if missing:
+        raise HarnessError(f"missing host tools: {', '.join(missing)}",
+                           hint="run ./harness.sh (it installs them) or apt-get install mmdebstrap e2fsprogs cpio qemu-system-x86 qemu-utils")
+
+
+def build(suite: str = "trixie", force: bool = False) -> Image:
+    """Build (or reuse) the bed image for `suite`. Safe against concurrent builders."""
+    img = image_for(suite)
+    require_tools("mmdebstrap", "mke2fs", "cpio")
+    if os.geteuid() != 0:
+        raise HarnessError("building the bed image needs root (mmdebstrap --mode=root)",
+                           hint="run as root, or reuse an image built by root in HARNESS_CACHE")
+    with FileLock(str(img.dir) + ".lock"):
+        if img.ready() and not force:
+            say(f"bed image {img.key}: cached, reusing")
+            return img
+        t0 = time.monotonic()
+        work = Path(str(img.dir) + ".tmp")
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(img.dir, ignore_errors=True)
+        work.mkdir(parents=True)
+        try:
+            _build_into(suite, work)
+            manifest = {"suite": suite, "key": img.key, "packages": packages(suite),
+                        "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                        "build_seconds": round(time.monotonic() - t0, 1),
+                        "versions": json.loads((work / "versions.json").read_text())}
+            (work / "manifest.json").write_text(json.dumps(manifest, indent=2))
+            work.rename(img.dir)
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)
+            raise
+        say(f"bed image {img.key}: built in {time.monotonic() - t0:.0f} s")
+        return img
+
+
+def _run(cmd: list[str], what: str, **kw) -> subprocess.CompletedProcess:
+    p = subprocess.run(cmd, capture_output=True, text=True, **kw)
+    if p.returncode != 0:
+        tail = "\n".join((p.stderr or p.stdout).strip().splitlines()[-15:])
+        raise HarnessError(f"{what} failed (exit {p.returncode}): {' '.join(cmd[:3])} ...\n{tail}")
+    return p
+
+
+def _build_into(suite: str, work: Path) -> None:
+    root = work / "rootfs"
+    cmd = ["mmdebstrap", "--mode=root", "--variant=apt", "--quiet",
+           "--include=" + ",".join(packages(suite)),
+           "--aptopt=Acquire::Retries 3",
+           "--dpkgopt=path-exclude=/usr/share/doc/*", "--dpkgopt=path-exclude=/usr/share/man/*",
+           "--dpkgopt=path-exclude=/usr/share/locale/*",
+           suite, str(root)]
+    mirror = host_mirror()
+    if mirror:
+        cmd.append(mirror)
+    say(f"mmdebstrap {suite}: {len(packages(suite))} packages (about a minute)")
+    _run(cmd, f"mmdebstrap {suite}")
+    _customize(root)
+    versions = _versions(root)
+    (work / "versions.json").write_text(json.dumps(versions))
+    kernels = sorted(root.glob("boot/vmlinuz-*"))
+    initrds = sorted(root.glob("boot/initrd.img-*"))
+    if not kernels or not initrds:
+        raise HarnessError("the rootfs has no kernel or initrd under /boot", hint="check that linux-image-amd64 installed")
+    shutil.copy2(kernels[-1], work / "vmlinuz")
+    shutil.copy2(initrds[-1], work / "initrd.img")
+    say("mke2fs: making the root filesystem image")
+    _run(["mke2fs", "-q", "-t", "ext4", "-L", ROOT_LABEL, "-d", str(root), str(work / "root.img"), IMAGE_SIZE],
+         "mke2fs")
+    shutil.rmtree(root)
+
+
+def _customize(root: Path) -> None:
+    def write(rel: str, text: str, mode: int = 0o644) -> None:
+        p = root / rel.lstrip("/")
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(text)
+        p.chmod(mode)
+
+    write("/etc/hostname", "hx-bed\n")
+    write("/etc/hosts", "127.0.0.1 localhost\n127.0.1.1 hx-bed\n")
+    write("/etc/fstab", f"LABEL={ROOT_LABEL} / ext4 rw,errors=remount-ro 0 1\n")
+    shutil.copy2(FILES / "harness-bed-setup", root / "usr/local/sbin/harness-bed-setup")
+    (root / "usr/local/sbin/harness-bed-setup").chmod(0o755)
+    shutil.copy2(FILES / "harness-bed-setup.service", root / "etc/systemd/system/harness-bed-setup.service")
+    # Keys come per bed through fw_cfg; the image must hold none.
+    for k in root.glob("etc/ssh/ssh_host_*"):
+        k.unlink()
+    write("/etc/ssh/sshd_config.d/harness.conf",
+          "HostKey /etc/ssh/ssh_host_ed25519_key\nPermitRootLogin prohibit-password\n"
+          "PasswordAuthentication no\nUseDNS no\nMaxSessions 50\nMaxStartups 50:30:100\n")
+    # libvirtd always on (no idle exit), logging hot-plug and alias decisions for failure artefacts.
+    write("/etc/default/libvirtd", 'LIBVIRTD_ARGS=""\n')
+    qemu_conf = root / "etc/libvirt/libvirtd.conf"
+    qemu_conf.write_text(qemu_conf.read_text() + "\n# libvirt-alias-harness\nlog_level = 3\n"
+                         'log_filters="1:qemu.qemu_hotplug 1:qemu.qemu_alias 1:qemu.qemu_domain_address '
+                         '1:network.bridge_driver 1:conf.domain_addr"\n'
+                         'log_outputs="1:file:/var/log/libvirt/libvirtd.log"\n')
+    # The tiny guest for scenarios that need an OS to acknowledge unplug.
+    guest = root / GUEST_DIR.lstrip("/")
+    guest.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(sorted(root.glob("boot/vmlinuz-*"))[-1], guest / "vmlinuz")
+    (guest / "vmlinuz").chmod(0o644)
+    _guest_initramfs(root, guest / "initrd.img")
+    services = ["harness-bed-setup.service", "ssh.service", "libvirtd.service"]
+    _run(["chroot", str(root), "systemctl", "enable", *services], "systemctl enable")
+    # No serial getty and no waiting for a network manager: the bed is reached over SSH only.
+    _run(["chroot", str(root), "systemctl", "mask", "systemd-networkd-wait-online.service",
+          "apt-daily.timer", "apt-daily-upgrade.timer", "e2scrub_all.timer", "fstrim.timer"], "systemctl mask",
+         )
+
+
+def _guest_initramfs(root: Path, out: Path) -> None:
+    import tempfile
+    with tempfile.TemporaryDirectory() as d:
+        d = Path(d)
+        for sub in ["bin", "proc", "sys", "dev", "tmp"]:
+            (d / sub).mkdir()
+        shutil.copy2(root / "bin/busybox", d / "bin/busybox")
+        shutil.copy2(FILES / "guest-init", d / "init")
+        (d / "init").chmod(0o755)
+        files = subprocess.run(["find", "."], cwd=d, capture_output=True, text=True, check=True).stdout
+        with open(out, "wb") as f:
+            subprocess.run(["cpio", "-o", "-H", "newc", "--quiet"], cwd=d, input=files.encode(), stdout=f, check=True)
+    out.chmod(0o644)
+
+
+def _versions(root: Path) -> dict:
+    p = _run(["chroot", str(root), "dpkg-query", "-W", "-f", "${Package} ${Version}\n"], "dpkg-query")
+    pk = dict(line.split(" ", 1) for line in p.stdout.splitlines() if " " in line)
+    kern = sorted(k.name[len("vmlinuz-"):] for k in root.glob("boot/vmlinuz-*"))
+    return {"libvirt": pk.get("libvirt-daemon", "?"), "qemu": pk.get("qemu-system-x86", "?"),
+            "kernel": kern[-1] if kern else "?"}
+
+
+def list_images() -> list[dict]:
+    out = []
+    for m in sorted(paths.images_dir().glob("*/manifest.json")):
+        try:
+            out.append(json.loads(m.read_text()))
+        except (OSError, ValueError):
+            continue
+    return out

@@ -1,0 +1,141 @@
+"""Direct QEMU launcher: boots the bed image with an emulated IOMMU and SR-IOV NICs.
+
+Hardware: q35 + intel-iommu (caching-mode, needed by libvirt for hostdev behind an emulated
+IOMMU), igb PFs (SR-IOV, VFs made at boot) and e1000e NICs (plain <hostdev>), each behind its own
+pcie-root-port, none with a netdev peer so nothing they send leaves the VM. Management: QEMU user
+networking with restrict=on and one hostfwd on 127.0.0.1.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+
+from harness.bed import accel as accel_mod
+from harness.bed.image import Image
+from harness.bed.state import BedInfo
+from harness.errors import HarnessError
+
+MGMT_MAC = "52:54:00:00:be:d0"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_taken(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
+def command(bed: BedInfo, img: Image, overlay: str, pfs: int = 1, e1000e: int = 2) -> list[str]:
+    d = bed.path
+    machine = "q35,kernel-irqchip=split"
+    cpu = "max" if bed.accel == "tcg" else "host"
+    cmd = ["qemu-system-x86_64", "-name", f"hx-bed-{bed.name}",
+           "-machine", machine, "-accel", bed.accel if bed.accel == "kvm" else "tcg,thread=multi",
+           "-cpu", cpu, "-smp", str(bed.cpus), "-m", str(bed.memory_mib),
+           "-nodefaults", "-display", "none", "-no-user-config",
+           "-device", "intel-iommu,intremap=on,caching-mode=on",
+           "-kernel", str(img.kernel), "-initrd", str(img.initrd),
+           "-append", "root=LABEL=hx-bed-root rw console=ttyS0 intel_iommu=on iommu=pt quiet "
+                      "systemd.show_status=0 net.ifnames=1",
+           "-drive", f"file={overlay},if=virtio,format=qcow2,cache=unsafe,discard=unmap",
+           "-netdev", f"user,id=mgmt,restrict=on,hostfwd=tcp:127.0.0.1:{bed.ssh_port}-:22",
+           "-device", f"virtio-net-pci,netdev=mgmt,mac={MGMT_MAC}",
+           "-serial", f"file:{d / 'serial.log'}",
+           "-qmp", f"unix:{d / 'qmp.sock'},server=on,wait=off",
+           "-pidfile", str(d / "qemu.pid"), "-daemonize",
+           "-fw_cfg", f"name=opt/harness/authorized_keys,file={d / 'id_ed25519.pub'}",
+           "-fw_cfg", f"name=opt/harness/ssh_host_ed25519_key,file={d / 'host_ed25519'}",
+           "-fw_cfg", f"name=opt/harness/ssh_host_ed25519_key.pub,file={d / 'host_ed25519.pub'}",
+           "-fw_cfg", f"name=opt/harness/vfs,string={bed.vfs}",
+           "-fw_cfg", f"name=opt/harness/mgmt_mac,string={MGMT_MAC}"]
+    slot = 1
+    for i in range(pfs):
+        cmd += ["-device", f"pcie-root-port,id=hxrp{slot},chassis={slot},slot={slot}",
+                "-device", f"igb,bus=hxrp{slot},id=hxpf{i},mac=52:54:00:10:00:{i:02x}"]
+        slot += 1
+    for i in range(e1000e):
+        cmd += ["-device", f"pcie-root-port,id=hxrp{slot},chassis={slot},slot={slot}",
+                "-device", f"e1000e,bus=hxrp{slot},id=hxe{i},mac=52:54:00:20:00:{i:02x}"]
+        slot += 1
+    return cmd
+
+
+def start(bed: BedInfo, img: Image) -> None:
+    d = bed.path
+    overlay = str(d / "overlay.qcow2")
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(img.disk), overlay],
+                   check=True, capture_output=True)
+    (d / "serial.log").write_text("")
+    cmd = command(bed, img, overlay)
+    (d / "qemu.cmdline").write_text(" ".join(cmd) + "\n")
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    if p.returncode != 0:
+        raise HarnessError(f"QEMU did not start (exit {p.returncode}): {p.stderr.strip()[-800:]}",
+                           hint=f"full command line in {d / 'qemu.cmdline'}")
+    bed.pid = int((d / "qemu.pid").read_text().strip())
+
+
+def alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"qemu-system" in f.read()
+    except OSError:
+        return False
+
+
+def stop(bed: BedInfo, grace: float = 10.0) -> bool:
+    """Stop the bed's QEMU: quit over QMP, then SIGTERM, then SIGKILL. True if one was running."""
+    if not alive(bed.pid):
+        return False
+    from harness.bed.qmp import QMP
+    try:
+        with QMP(str(bed.path / "qmp.sock"), timeout=3) as q:
+            q.cmd("quit")
+    except (OSError, ValueError):
+        pass
+    for sig, wait in ((None, grace), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+        if sig is not None and alive(bed.pid):
+            try:
+                os.kill(bed.pid, sig)
+            except ProcessLookupError:
+                pass
+        t = time.monotonic() + wait
+        while time.monotonic() < t and alive(bed.pid):
+            time.sleep(0.2)
+        if not alive(bed.pid):
+            break
+    return True
+
+
+def status(bed: BedInfo) -> str:
+    if not alive(bed.pid):
+        return "not running"
+    from harness.bed.qmp import QMP
+    try:
+        with QMP(str(bed.path / "qmp.sock"), timeout=3) as q:
+            return q.cmd("query-status").get("return", {}).get("status", "?")
+    except (OSError, ValueError) as e:
+        return f"running (QMP: {e})"
+
+
+def detect_accel(img: Image, forced: str | None) -> tuple[str, str]:
+    return accel_mod.detect(img.kernel, forced)

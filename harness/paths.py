@@ -1,0 +1,40 @@
+"""Where the harness keeps things: one place, so caches and results never drift apart.
+
+The cache lives outside the clone (images are hundreds of MB); results live in the clone's
+results/ so CI can keep them as artefacts.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+#: Every object a run creates (domains, networks, files in the bed) starts with this.
+PREFIX = "hx-"
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("HARNESS_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "libvirt-alias-harness")
+    p = Path(base)
+    p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def results_dir() -> Path:
+    p = Path(os.environ.get("HARNESS_RESULTS") or (REPO / "results"))
+    p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def beds_dir() -> Path:
+    p = cache_dir() / "beds"
+    p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def images_dir() -> Path:
+    p = cache_dir() / "images"
+    p.mkdir(parents=True, exist_ok=True)
+    return p
