@@ -1,0 +1,244 @@
+"""The `harness` command. Thin: parse, call one function, print. Errors print message + hint, exit 2."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from harness import paths
+from harness.errors import HarnessError
+
+
+def _bed_target(args):
+    from harness.bed import lifecycle
+    return lifecycle.find(name=getattr(args, "name", None), suite=getattr(args, "suite_filter", None))
+
+
+def cmd_bed_build(args) -> int:
+    from harness.bed import image
+    img = image.build(args.suite, force=args.force)
+    print(f"image {img.key}: {img.dir}")
+    print(json.dumps(img.manifest["versions"]))
+    if args.box:
+        from harness.bed import box
+        print(f"box: {box.build_box(img)}")
+    return 0
+
+
+def cmd_bed_up(args) -> int:
+    from harness.bed import lifecycle
+    bed = lifecycle.up(suite=args.suite, via=args.via, name=args.name, memory_mib=args.memory, cpus=args.cpus,
+                       vfs=args.vfs, port=args.port, accel=args.accel)
+    print(f"bed {bed.name} is up: suite {bed.suite}, via {bed.via}, accelerator {bed.accel} ({bed.accel_reason})")
+    print(f"  ssh: ssh -F {bed.ssh_config} bed")
+    print(f"  libvirt: {bed.uri.split('?')[0]}")
+    return 0
+
+
+def cmd_bed_status(args) -> int:
+    from harness.bed import lifecycle, qemu, state, status
+    beds = state.all_beds()
+    if args.name:
+        beds = [b for b in beds if b.name == args.name]
+    out = []
+    rc = 0
+    for b in beds:
+        running = qemu.status(b) if b.via == "qemu" else "vagrant"
+        entry = {"name": b.name, "suite": b.suite, "via": b.via, "accel": b.accel, "accel_reason": b.accel_reason,
+                 "ssh_port": b.ssh_port, "pid": b.pid, "vm": running, "uri": b.uri.split("?")[0], "checks": []}
+        if b.via != "qemu" or qemu.alive(b.pid):
+            try:
+                rows = status.checks(b)
+                entry["checks"] = [asdict(r) for r in rows]
+                if not all(r.ok for r in rows):
+                    rc = 1
+            except Exception as e:   # an unreachable bed is a status, not a crash
+                entry["error"] = str(e).splitlines()[0]
+                rc = 1
+        out.append(entry)
+    if args.json:
+        print(json.dumps(out, indent=2))
+    else:
+        if not out:
+            print("no bed is up (harness bed up)")
+        for e in out:
+            print(f"bed {e['name']}: suite {e['suite']}, via {e['via']}, VM {e['vm']}, accelerator {e['accel']}, "
+                  f"ssh 127.0.0.1:{e['ssh_port']}")
+            if e.get("error"):
+                print(f"  unreachable: {e['error']}")
+            if e["checks"]:
+                print(status.table([status.Check(**c) for c in e["checks"]]))
+    return rc
+
+
+def cmd_bed_down(args) -> int:
+    from harness.bed import lifecycle, state
+    names = [args.name] if args.name else [b.name for b in state.all_beds()
+                                            if not args.suite_filter or b.suite == args.suite_filter]
+    if not names:
+        raise HarnessError("no bed is up", hint="nothing to take down; 'harness bed status' lists beds")
+    for n in names:
+        for line in lifecycle.down(n):
+            print(f"bed {n}: {line}")
+    return 0
+
+
+def cmd_bed_sweep(args) -> int:
+    from harness.engine import session
+    bed = _bed_target(args)
+    t = session.open_target(bed=bed)
+    done = session.sweep(t)
+    print("removed: " + (", ".join(done) if done else "nothing (no hx-* leftovers)"))
+    return 0
+
+
+def _pytest(argv: list[str]) -> int:
+    return subprocess.call([sys.executable, "-m", "pytest", *argv], cwd=paths.REPO)
+
+
+def cmd_run(args, extra: list[str]) -> int:
+    """The main job: build or reuse the bed, bring it up, run every scenario, write results."""
+    from harness.bed import image, lifecycle, state
+    image.build(args.suite)
+    existing = [b for b in state.all_beds() if b.suite == args.suite and b.via == args.via]
+    bed = lifecycle.up(suite=args.suite, via=args.via)
+    brought_up = not existing
+    try:
+        argv = ["scenarios", "-p", "no:cacheprovider", "--bed", bed.name, "--no-bed-up", "-rfEs"]
+        if args.k:
+            argv += ["-k", args.k]
+        if args.m:
+            argv += ["-m", args.m]
+        if args.workers:
+            argv += ["-n", str(args.workers)]
+        if args.retries:
+            argv += ["--harness-retries", str(args.retries)]
+        return _pytest(argv + extra)
+    finally:
+        if brought_up and not args.keep_bed:
+            for line in lifecycle.down(bed.name):
+                print(f"bed {bed.name}: {line}")
+
+
+def cmd_lint(args, extra) -> int:
+    return _pytest(["scenarios", "--collect-only", "-q", "-p", "no:cacheprovider", *extra])
+
+
+def cmd_report(args) -> int:
+    from harness.report import run as report
+    root = paths.results_dir()
+    if args.merge:
+        summary = report.merge_shards([Path(p) for p in args.merge], Path(args.out))
+        report.append_history(root, summary, Path(args.out))
+        print(f"merged {len(args.merge)} shards into {args.out}: {summary['counts']}")
+        return 0
+    hist = report.read_history(root)
+    if not hist:
+        raise HarnessError("no runs in results/history.jsonl yet", hint="run 'harness run' first")
+    cur_line = hist[-1] if not args.run else next((h for h in hist if h["run_dir"].endswith(args.run)), None)
+    if cur_line is None:
+        raise HarnessError(f"no run {args.run!r} in history")
+    cur = json.loads((root / cur_line["run_dir"] / "summary.json").read_text())
+    prev = report.previous_run(root, cur["meta"].get("suite"), cur["meta"]["run_id"])
+    print(report.format_compare(report.compare(prev, cur)))
+    return 0
+
+
+def cmd_matrix(args) -> int:
+    from harness.report import run as report
+    summaries = []
+    rc = 0
+    for suite in [s for s in args.suites.split(",") if s]:
+        before = {h["run_dir"] for h in report.read_history(paths.results_dir())}
+        ns = argparse.Namespace(suite=suite, via="qemu", k=args.k, m=None, workers=None, retries=0,
+                                keep_bed=False)
+        rc |= cmd_run(ns, [])
+        new = [h for h in report.read_history(paths.results_dir()) if h["run_dir"] not in before]
+        if not new:
+            raise HarnessError(f"suite {suite}: the run wrote no results")
+        summaries.append(json.loads((paths.results_dir() / new[-1]["run_dir"] / "summary.json").read_text()))
+    text, html = report.matrix_table(summaries)
+    out = paths.results_dir()
+    (out / "matrix.txt").write_text(text)
+    (out / "matrix.html").write_text(html)
+    print(text)
+    print(f"matrix: {out / 'matrix.txt'}, {out / 'matrix.html'}")
+    return rc
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="harness", description=__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    bed = sub.add_parser("bed", help="the test bed VM").add_subparsers(dest="bedcmd", required=True)
+    b = bed.add_parser("build", help="build (or reuse) the bed image from Debian packages")
+    b.add_argument("--suite", default="trixie")
+    b.add_argument("--box", action="store_true", help="also build the vagrant-libvirt box")
+    b.add_argument("--force", action="store_true", help="rebuild even if cached")
+    b.set_defaults(fn=cmd_bed_build)
+    u = bed.add_parser("up", help="boot a bed and wait until libvirtd answers")
+    u.add_argument("--suite", default="trixie")
+    u.add_argument("--via", choices=["qemu", "vagrant"], default="qemu")
+    u.add_argument("--name")
+    u.add_argument("--memory", type=int, default=4096, help="MiB")
+    u.add_argument("--cpus", type=int, default=2)
+    u.add_argument("--vfs", type=int, default=4, help="VFs per igb PF (1-7)")
+    u.add_argument("--port", type=int, help="host port for SSH on 127.0.0.1 (default: a free one)")
+    u.add_argument("--accel", choices=["kvm", "tcg"], help="skip detection")
+    u.set_defaults(fn=cmd_bed_up)
+    s = bed.add_parser("status", help="beds and their preconditions (testinfra)")
+    s.add_argument("--json", action="store_true")
+    s.add_argument("--name")
+    s.set_defaults(fn=cmd_bed_status)
+    d = bed.add_parser("down", help="stop a bed and remove everything it left")
+    d.add_argument("--name")
+    d.add_argument("--suite", dest="suite_filter")
+    d.set_defaults(fn=cmd_bed_down)
+    w = bed.add_parser("sweep", help="remove hx-* domains and networks left by earlier runs")
+    w.add_argument("--name")
+    w.add_argument("--suite", dest="suite_filter")
+    w.set_defaults(fn=cmd_bed_sweep)
+    r = sub.add_parser("run", help="main job: bed up (build if needed), run every scenario, write results/")
+    r.add_argument("--suite", default="trixie")
+    r.add_argument("--via", choices=["qemu", "vagrant"], default="qemu")
+    r.add_argument("-k", help="pytest -k expression")
+    r.add_argument("-m", help="pytest -m expression (scenario tags)")
+    r.add_argument("-n", dest="workers", help="pytest-xdist workers")
+    r.add_argument("--retries", type=int, default=0)
+    r.add_argument("--keep-bed", action="store_true")
+    r.set_defaults(fn=cmd_run, takes_extra=True)
+    li = sub.add_parser("lint", help="validate every scenario (offline; pytest --collect-only)")
+    li.set_defaults(fn=cmd_lint, takes_extra=True)
+    rp = sub.add_parser("report", help="compare a run with the previous one, or merge shards")
+    rp.add_argument("--compare", action="store_true", help="(default) new failures, fixed, still failing, flaky")
+    rp.add_argument("--run", help="run folder name (default: the newest)")
+    rp.add_argument("--merge", nargs="+", help="shard run folders to merge")
+    rp.add_argument("--out", help="with --merge: the merged run folder")
+    rp.set_defaults(fn=cmd_report)
+    m = sub.add_parser("matrix", help="run the catalog on a bed of each suite; scenario x libvirt table")
+    m.add_argument("--suites", default="bookworm,trixie")
+    m.add_argument("-k")
+    m.set_defaults(fn=cmd_matrix)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, extra = parser().parse_known_args(argv)
+    if extra and not getattr(args, "takes_extra", False):
+        parser().error(f"unrecognized arguments: {' '.join(extra)}")
+    try:
+        rc = args.fn(args, extra) if getattr(args, "takes_extra", False) else args.fn(args)
+    except HarnessError as e:
+        print(f"harness: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("harness: interrupted; everything this command created has been cleaned up", file=sys.stderr)
+        return 130
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

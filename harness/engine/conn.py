@@ -1,0 +1,159 @@
+"""libvirt connection to the bed: event loop, keepalive, bounded calls, device-removed events.
+
+Every libvirt call runs with a deadline: a call that does not return in time raises
+LibvirtTimeout and the connection is dropped, so a stuck bed ends a scenario instead of a night.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import threading
+import time
+
+import libvirt
+import libvirt_qemu
+
+from harness.errors import HarnessError
+
+_loop_started = False
+_loop_lock = threading.Lock()
+
+
+def _ensure_event_loop() -> None:
+    global _loop_started
+    with _loop_lock:
+        if _loop_started:
+            return
+        libvirt.virEventRegisterDefaultImpl()
+
+        def run() -> None:
+            while True:
+                libvirt.virEventRunDefaultImpl()
+        threading.Thread(target=run, name="libvirt-events", daemon=True).start()
+        _loop_started = True
+
+
+def _silence(_ctx, _err) -> None:
+    """libvirt prints every error to stderr by default; we report them ourselves."""
+
+
+class LibvirtTimeout(HarnessError):
+    pass
+
+
+class Conn:
+    """One libvirt connection with events. Reconnects on demand (after a daemon restart)."""
+
+    def __init__(self, uri: str, call_timeout: float = 120.0):
+        self.uri = uri
+        self.call_timeout = call_timeout
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="libvirt-call")
+        self._events: list[tuple[float, str, str, str]] = []   # (time, domain, kind, alias)
+        self._cv = threading.Condition()
+        self._cb_ids: list[int] = []
+        self.seconds = 0.0            # wall time spent inside libvirt calls (for benchmarks)
+        self.conn: libvirt.virConnect | None = None
+        _ensure_event_loop()
+        libvirt.registerErrorHandler(_silence, None)
+        self.connect()
+
+    # ---- connection ------------------------------------------------------------------
+    def connect(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        last: Exception | None = None
+        while time.monotonic() < deadline:
+            try:
+                c = self._bounded(libvirt.open, self.uri, timeout=30)
+                break
+            except (libvirt.libvirtError, LibvirtTimeout) as e:
+                last = e
+                time.sleep(1)
+        else:
+            raise HarnessError(f"cannot connect to {self.uri.split('?')[0]}: {last}",
+                               hint="is the bed up? 'harness bed status'")
+        c.setKeepAlive(5, 6)
+        self.conn = c
+        self._cb_ids = [
+            c.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED, self._on_removed, None),
+            c.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_REMOVAL_FAILED,
+                                     self._on_removal_failed, None),
+        ]
+
+    def close(self) -> None:
+        c, self.conn = self.conn, None
+        if c is None:
+            return
+        try:
+            for i in self._cb_ids:
+                c.domainEventDeregisterAny(i)
+            self._bounded(c.close, timeout=10)
+        except (libvirt.libvirtError, LibvirtTimeout):
+            pass
+
+    def reconnect(self, timeout: float = 90.0) -> None:
+        self.close()
+        self.connect(timeout=timeout)
+
+    # ---- bounded calls ---------------------------------------------------------------
+    def _bounded(self, fn, *args, timeout: float | None = None):
+        fut = self._pool.submit(fn, *args)
+        t0 = time.monotonic()
+        try:
+            return fut.result(timeout=timeout or self.call_timeout)
+        except concurrent.futures.TimeoutError:
+            # The worker thread stays blocked in libvirt; give later calls a fresh one.
+            self._pool.shutdown(wait=False)
+            self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="libvirt-call")
+            raise LibvirtTimeout(f"libvirt call {getattr(fn, '__name__', fn)} did not return within "
+                                 f"{timeout or self.call_timeout:.0f} s",
+                                 hint="the bed or libvirtd may be stuck; see the bed's serial log") from None
+        finally:
+            self.seconds += time.monotonic() - t0
+
+    def call(self, fn, *args, timeout: float | None = None):
+        """Run fn(*args) (a bound libvirt method) with a deadline."""
+        return self._bounded(fn, *args, timeout=timeout)
+
+    # ---- events ----------------------------------------------------------------------
+    def _on_removed(self, _conn, dom, alias, _opaque) -> None:
+        with self._cv:
+            self._events.append((time.monotonic(), dom.name(), "removed", alias))
+            self._cv.notify_all()
+
+    def _on_removal_failed(self, _conn, dom, alias, _opaque) -> None:
+        with self._cv:
+            self._events.append((time.monotonic(), dom.name(), "removal-failed", alias))
+            self._cv.notify_all()
+
+    def mark(self) -> int:
+        with self._cv:
+            return len(self._events)
+
+    def events_since(self, mark: int, domain: str, kind: str = "removed") -> list[str]:
+        with self._cv:
+            return [a for (_, d, k, a) in self._events[mark:] if d == domain and k == kind]
+
+    def wait_event(self, mark: int, domain: str, alias: str, timeout: float) -> str | None:
+        """Wait for removed/removal-failed of `alias` after `mark`; returns the kind or None."""
+        deadline = time.monotonic() + timeout
+        with self._cv:
+            while True:
+                for (_, d, k, a) in self._events[mark:]:
+                    if d == domain and a == alias:
+                        return k
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                self._cv.wait(left)
+
+    # ---- helpers ---------------------------------------------------------------------
+    def qemu_ids(self, dom: libvirt.virDomain, timeout: float = 60) -> set[str]:
+        """QEMU's peripheral ids (qom-list /machine/peripheral): the ids libvirt gave devices."""
+        out = self.call(libvirt_qemu.qemuMonitorCommand, dom,
+                        json.dumps({"execute": "qom-list", "arguments": {"path": "/machine/peripheral"}}), 0,
+                        timeout=timeout)
+        return {p["name"] for p in json.loads(out)["return"] if p.get("type", "").startswith("child<")}
+
+    def version(self) -> str:
+        v = self.call(self.conn.getLibVersion)
+        return f"{v // 1000000}.{v // 1000 % 1000}.{v % 1000}"

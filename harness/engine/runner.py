@@ -1,0 +1,306 @@
+"""Runs one scenario through a fixed, visible sequence: lease devices, create networks, run each
+step, snapshot, judge with the oracle, write artefacts, and always clean up.
+"""
+from __future__ import annotations
+
+import re
+import secrets
+import time
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import libvirt
+
+from harness import oracle, paths
+from harness.engine import xmlbuild
+from harness.engine.devices import Leases
+from harness.engine.session import Target
+from harness.engine.steps import ACTIONS, StepContext
+from harness.errors import HarnessError
+from harness.progress import say
+from harness.scenario.model import Device, Scenario, Step
+
+
+@dataclass
+class StepFailure(Exception):
+    index: int
+    step: Step
+    check: str
+    expected: str
+    actual: str
+    libvirt_error: str | None = None
+    violations: list[oracle.Violation] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        return f"step {self.index + 1} '{self.step.describe()}': [{self.check}] expected {self.expected}; got {self.actual}"
+
+
+class ScenarioSkip(Exception):
+    pass
+
+
+def walk_steps(steps: list[Step]):
+    for s in steps:
+        yield s
+        yield from walk_steps(s.steps)
+
+
+def all_devices(sc: Scenario) -> list[Device]:
+    devs = list(sc.domain.devices)
+    devs += [s.arg for s in walk_steps(sc.steps) if s.action == "attach" and isinstance(s.arg, Device)]
+    return devs
+
+
+def unmet_requirements(sc: Scenario, t: Target) -> str | None:
+    req = sc.requires or {}
+    if "libvirt" in req or "qemu" in req:
+        from harness.scenario.loader import version_satisfies
+    if "libvirt" in req and not version_satisfies(t.libvirt_version, req["libvirt"]):
+        return f"needs libvirt {req['libvirt']}, target has {t.libvirt_version}"
+    if "qemu" in req and not version_satisfies(t.qemu_version, req["qemu"]):
+        return f"needs QEMU {req['qemu']}, target has {t.qemu_version}"
+    have = {"vf": 0, "e1000e": 0, "pf": 0}
+    for n in t.nics:
+        if n.kind in have:
+            have[n.kind] += 1
+    for k, key in (("vf", "vfs"), ("e1000e", "e1000e")):
+        if req.get(key, 0) > have[k]:
+            return f"needs {req[key]} {k} devices, the target has {have[k]}"
+    if req.get("domain_type") == "kvm" and not t.kvm_available:
+        return "needs domain type kvm, the target offers only qemu (TCG)"
+    return None
+
+
+class Runner:
+    def __init__(self, sc: Scenario, t: Target, artefacts: Path):
+        self.sc = sc
+        self.t = t
+        self.art = artefacts
+        self.art.mkdir(parents=True, exist_ok=True)
+        tag = f"{t.worker}{t.run_tag}"
+        self.dom_name = f"{paths.PREFIX}{sc.name[:40]}-{tag}-{secrets.token_hex(2)}"
+        self.r = xmlbuild.Resolved(salt=self.dom_name)
+        self.steps_log: list[dict] = []
+        self.dom: libvirt.virDomain | None = None
+        self.networks: dict[str, libvirt.virNetwork] = {}
+        self.subnets: dict[str, int] = {}
+
+    # ---- the fixed sequence ----------------------------------------------------------
+    def run(self) -> list[dict]:
+        why = unmet_requirements(self.sc, self.t)
+        if why:
+            raise ScenarioSkip(why)
+        with Leases(self.t.lock_dir, self.t.nics) as leases:
+            try:
+                self._lease(leases)
+                self._prepare()
+                self._create_networks()
+                self._run_steps()
+            finally:
+                self._collect_logs()
+                self._cleanup(leases)
+        return self.steps_log
+
+    def _lease(self, leases: Leases) -> None:
+        for sym, hd in self.sc.devices.items():
+            nic = leases.lease(sym, hd.kind)
+            self.r.addrs[sym] = Leases.addr(nic)
+            if nic.ifname:
+                self.r.ifnames[sym] = nic.ifname
+        for sym, net in self.sc.networks.items():
+            self.r.networks[sym] = f"{self.dom_name}-{sym}"[:60]
+            if net.forward != "hostdev":
+                self.subnets[sym] = leases.lease_index("subnet", 250)
+        if self.r.addrs:
+            say(f"{self.sc.name}: leased " + ", ".join(f"{s}={a}" for s, a in self.r.addrs.items()))
+
+    def _prepare(self) -> None:
+        self.devs = {d.id: d for d in all_devices(self.sc)}
+        for d in self.devs.values():
+            if d.kind != "hostdev":
+                self.r.mac_for(d.id)
+        self.keys: dict[str, str] = {}
+        for d in self.devs.values():
+            try:
+                self.keys[d.id] = oracle.key_of(xmlbuild.device_element(d, self.r))
+            except KeyError:
+                pass   # refers to a bridge not known before its network starts; keyed by MAC below
+        self.user_aliases = {i: d.spec["alias"] for i, d in self.devs.items() if d.spec.get("alias")}
+        self.virt_type = self.sc.domain.type if self.sc.domain.type != "auto" else (
+            "kvm" if self.t.kvm_available else "qemu")
+        self.console_log = f"/var/log/libvirt/qemu/{self.dom_name}-console.log"
+
+    def domain_xml(self) -> str:
+        return xmlbuild.domain_xml(self.dom_name, self.sc.domain, self.r, self.virt_type,
+                                   list(self.devs.values()), self.console_log)
+
+    def hostdev_networks(self) -> set[str]:
+        return {self.r.networks[s] for s, n in self.sc.networks.items() if n.forward == "hostdev"}
+
+    def _create_networks(self) -> None:
+        for sym, net in self.sc.networks.items():
+            if net.create:
+                self.network_define(sym)
+                self.network_start(sym)
+
+    def network_define(self, sym: str) -> None:
+        xml = xmlbuild.network_xml(self.r.networks[sym], self.sc.networks[sym], self.r, self.subnets.get(sym))
+        self.networks[sym] = self.t.conn.call(self.t.conn.conn.networkDefineXML, xml)
+
+    def network_start(self, sym: str) -> None:
+        n = self.networks[sym]
+        self.t.conn.call(n.create)
+        br = ET.fromstring(self.t.conn.call(n.XMLDesc, 0)).find("bridge")
+        if br is not None:
+            self.r.bridges[sym] = br.get("name")
+
+    # ---- steps -----------------------------------------------------------------------
+    def snapshot(self, removed: list[str] | None = None) -> oracle.Snapshot:
+        s = oracle.Snapshot(removed_events=list(removed or []))
+        d = self.dom
+        if d is None:
+            return s
+        c = self.t.conn
+        try:
+            if c.call(d.isActive):
+                s.live_xml = c.call(d.XMLDesc, 0)
+                s.qemu_ids = c.qemu_ids(d)
+            if c.call(d.isPersistent):
+                s.inactive_xml = c.call(d.XMLDesc, libvirt.VIR_DOMAIN_XML_INACTIVE)
+        except libvirt.libvirtError as e:
+            if e.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                raise
+            self.dom = None
+        return s
+
+    def _run_steps(self) -> None:
+        self.before = self.snapshot()
+        self.index = 0
+        for step in self.sc.steps:
+            self._run_step(step)
+
+    def _run_step(self, step: Step) -> None:
+        if step.action == "repeat":
+            for _ in range(step.times):
+                for sub in step.steps:
+                    self._run_step(sub)
+            return
+        i = self.index
+        self.index += 1
+        say(f"{self.sc.name}: step {i + 1} {step.describe()} ({step.mark})")
+        sctx = StepContext(runner=self, step=step)
+        lv0 = self.t.libvirt_seconds
+        t0 = time.monotonic()
+        err: str | None = None
+        try:
+            ACTIONS[step.action](sctx)
+        except libvirt.libvirtError as e:
+            err = e.get_error_message() or str(e)
+        except HarnessError as e:
+            err = e.message
+        after = self.snapshot(sctx.removed)
+        dur = time.monotonic() - t0
+        entry = {"index": i, "step": step.describe(), "line": step.mark.line if step.mark else None,
+                 "verdict": "passed", "duration_s": round(dur, 3),
+                 "libvirt_s": round(self.t.libvirt_seconds - lv0, 3),
+                 "aliases": {k: v for k, v in oracle.aliases_by_id(after.live_xml or after.inactive_xml,
+                                                                  self.keys).items()}}
+        self.steps_log.append(entry)
+        self._write_xml(i, step, after)
+        want_err = step.expect.get("error")
+        if want_err is not None:
+            if err is None:
+                self._fail(entry, i, step, "expect", f"the step to fail with {want_err!r}", "it succeeded")
+            if not _matches(want_err, err):
+                self._fail(entry, i, step, "expect", f"error matching {want_err!r}", repr(err), err)
+        elif err is not None:
+            self._fail(entry, i, step, "libvirt-error", "the step to succeed", err, err)
+        ctx = oracle.Context(step=step.action, hostdev_networks=self.hostdev_networks(), keys=self.keys,
+                             user_aliases=self.user_aliases, expect_aliases=step.expect.get("aliases", {}),
+                             may_change=set(step.expect.get("changes", [])), expect_removed=sctx.expect_removed)
+        if err is None and step.action == "attach":
+            ctx.attached, ctx.attach_flags = step.arg.id, step.flags
+        if err is None and step.action in ("detach", "wait-removed"):
+            ctx.detached, ctx.detach_flags = step.arg, step.flags
+        violations = oracle.check(self.before, after, ctx)
+        if violations:
+            v = violations[0]
+            self._fail(entry, i, step, v.check, v.expected, v.actual, err, violations)
+        self.before = after
+
+    def _fail(self, entry, i, step, check, expected, actual, err=None, violations=None):
+        entry["verdict"] = "failed"
+        raise StepFailure(i, step, check, expected, actual, err, violations or [])
+
+    def _write_xml(self, i: int, step: Step, s: oracle.Snapshot) -> None:
+        slug = re.sub(r"[^a-z0-9]+", "-", step.action)
+        if s.live_xml:
+            (self.art / f"step-{i + 1:02d}-{slug}-live.xml").write_text(s.live_xml)
+        if s.inactive_xml:
+            (self.art / f"step-{i + 1:02d}-{slug}-inactive.xml").write_text(s.inactive_xml)
+        if s.qemu_ids is not None:
+            (self.art / f"step-{i + 1:02d}-{slug}-qemu-ids.txt").write_text("\n".join(sorted(s.qemu_ids)) + "\n")
+
+    # ---- always ----------------------------------------------------------------------
+    def _collect_logs(self) -> None:
+        if self.t.bed is None:
+            return
+        try:
+            p = self.t.ssh(f"cat /var/log/libvirt/qemu/{self.dom_name}.log 2>/dev/null; "
+                           f"echo; echo '--- console ---'; cat {self.console_log} 2>/dev/null", timeout=30)
+            (self.art / "qemu.log").write_text(p.stdout)
+            p = self.t.ssh("tail -n 400 /var/log/libvirt/libvirtd.log 2>/dev/null", timeout=30)
+            (self.art / "libvirtd.log").write_text(p.stdout)
+        except Exception as e:   # logs are best effort; cleanup must still run
+            (self.art / "logs-error.txt").write_text(str(e))
+
+    cleanup_problems: list[str] = []
+
+    def _cleanup(self, leases: Leases) -> None:
+        """Remove the domain and networks and check every leased VF is back on its host driver."""
+        c = self.t.conn
+        problems = []
+        try:
+            d = c.call(c.conn.lookupByName, self.dom_name)
+        except (libvirt.libvirtError, HarnessError):
+            d = None
+        if d is not None:
+            for what, fn in (("destroy", lambda: d.isActive() and d.destroy()),
+                             ("undefine", lambda: d.isPersistent() and d.undefineFlags(
+                                 libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+                                 | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA))):
+                try:
+                    c.call(fn, timeout=120)
+                except (libvirt.libvirtError, HarnessError) as e:
+                    problems.append(f"{what} {self.dom_name}: {e}")
+        for sym in self.sc.networks:
+            try:
+                n = c.call(c.conn.networkLookupByName, self.r.networks[sym])
+            except (libvirt.libvirtError, HarnessError):
+                continue
+            try:
+                if n.isActive():
+                    c.call(n.destroy)
+                if n.isPersistent():
+                    c.call(n.undefine)
+            except (libvirt.libvirtError, HarnessError) as e:
+                problems.append(f"remove network {n.name()}: {e}")
+        if self.t.bed is not None and self.r.addrs:
+            vfs = [str(a) for s, a in self.r.addrs.items() if self.sc.devices[s].kind in ("vf", "e1000e")]
+            if vfs:
+                p = self.t.ssh("for d in " + " ".join(vfs) + "; do echo $d $(basename $(readlink /sys/bus/pci/devices/$d/driver)); done", timeout=30)
+                on_vfio = [ln for ln in p.stdout.splitlines() if ln.endswith(" vfio-pci")]
+                if on_vfio:
+                    problems.append("devices not returned to their host driver: " + ", ".join(on_vfio))
+        if problems:
+            (self.art / "cleanup-problems.txt").write_text("\n".join(problems) + "\n")
+            self.cleanup_problems = problems
+
+
+def _matches(want: str, got: str | None) -> bool:
+    if got is None:
+        return False
+    if want.startswith("re:"):
+        return re.search(want[3:], got) is not None
+    return want in got

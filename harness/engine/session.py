@@ -1,0 +1,123 @@
+"""What a test session knows about its target: the bed (if any), the libvirt connection,
+versions, host-device inventory and the domain type to use. Built once per pytest worker."""
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import libvirt
+
+from harness import paths
+from harness.bed.state import BedInfo
+from harness.engine import devices
+from harness.engine.conn import Conn
+from harness.errors import HarnessError
+
+
+@dataclass
+class Target:
+    uri: str
+    bed: BedInfo | None
+    conn: Conn
+    libvirt_version: str
+    qemu_version: str
+    kernel: str
+    suite: str
+    accelerator: str
+    kvm_available: bool
+    nics: list[devices.HostNic]
+    lock_dir: Path
+    worker: str = "gw0"
+    run_tag: str = field(default_factory=lambda: secrets.token_hex(2))
+    ssh_seconds: float = 0.0
+
+    @property
+    def libvirt_seconds(self) -> float:
+        """Time spent waiting on libvirt calls and bed shell commands (the harness's own cost is the rest)."""
+        return self.conn.seconds + self.ssh_seconds
+
+    def ssh(self, command: str, timeout: float = 60):
+        if self.bed is None:
+            raise HarnessError("this step needs a shell in the bed (restart-daemon, logs)",
+                               hint="run against a bed (--bed), not a bare --libvirt-uri")
+        t0 = time.monotonic()
+        try:
+            return self.bed.ssh(command, timeout=timeout)
+        finally:
+            self.ssh_seconds += time.monotonic() - t0
+
+    def meta(self) -> dict:
+        return {"uri": self.uri.split("?")[0], "libvirt": self.libvirt_version, "qemu": self.qemu_version,
+                "kernel": self.kernel, "suite": self.suite, "accelerator": self.accelerator,
+                "domain_type": "kvm" if self.kvm_available else "qemu",
+                "bed": self.bed.name if self.bed else None}
+
+
+def _ver(v: int) -> str:
+    return f"{v // 1000000}.{v // 1000 % 1000}.{v % 1000}"
+
+
+def open_target(uri: str | None = None, bed: BedInfo | None = None) -> Target:
+    if bed is not None:
+        uri = bed.uri
+    if not uri:
+        raise HarnessError("no target", hint="pass --bed NAME or --libvirt-uri URI")
+    conn = Conn(uri)
+    c = conn.conn
+    lv = _ver(conn.call(c.getLibVersion))
+    qv = _ver(conn.call(c.getVersion))
+    kvm = True
+    try:
+        conn.call(c.getDomainCapabilities, None, "x86_64", None, "kvm", 0)
+    except libvirt.libvirtError:
+        kvm = False
+    kernel = "?"
+    nics: list[devices.HostNic] = []
+    if bed is not None:
+        p = bed.ssh("uname -r", timeout=30)
+        kernel = p.stdout.strip() or "?"
+        nics = devices.inventory(bed)
+        lock_dir = Path(bed.dir) / "leases"
+    else:
+        lock_dir = paths.cache_dir() / "leases" / re.sub(r"[^A-Za-z0-9]+", "_", uri.split("?")[0])
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    return Target(uri=uri, bed=bed, conn=conn, libvirt_version=lv, qemu_version=qv, kernel=kernel,
+                  suite=bed.suite if bed else "custom", accelerator=bed.accel if bed else "?",
+                  kvm_available=kvm, nics=nics, lock_dir=lock_dir,
+                  worker=os.environ.get("PYTEST_XDIST_WORKER", "gw0"))
+
+
+def leftovers(t: Target) -> list[str]:
+    """Domains and networks of earlier runs (name prefix hx-)."""
+    c = t.conn.conn
+    out = [f"domain {d.name()}" for d in t.conn.call(c.listAllDomains, 0) if d.name().startswith(paths.PREFIX)]
+    out += [f"network {n.name()}" for n in t.conn.call(c.listAllNetworks, 0) if n.name().startswith(paths.PREFIX)]
+    return out
+
+
+def sweep(t: Target) -> list[str]:
+    """Remove every domain and network of earlier runs; returns what was removed."""
+    c = t.conn.conn
+    done = []
+    for d in t.conn.call(c.listAllDomains, 0):
+        if not d.name().startswith(paths.PREFIX):
+            continue
+        if d.isActive():
+            t.conn.call(d.destroy, timeout=120)
+        if d.isPersistent():
+            t.conn.call(d.undefineFlags, libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+                        | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA)
+        done.append(f"domain {d.name()}")
+    for n in t.conn.call(c.listAllNetworks, 0):
+        if not n.name().startswith(paths.PREFIX):
+            continue
+        if n.isActive():
+            t.conn.call(n.destroy)
+        if n.isPersistent():
+            t.conn.call(n.undefine)
+        done.append(f"network {n.name()}")
+    return done

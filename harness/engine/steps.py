@@ -1,0 +1,212 @@
+"""One function per step kind. Adding a step kind is one function here and one schema entry.
+
+Each function acts; it never judges: the runner snapshots afterwards and the oracle decides.
+Waits use libvirt events (device-removed) or bounded polls of real state, never bare sleeps.
+"""
+from __future__ import annotations
+
+import time
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable
+
+import libvirt
+
+from harness import oracle
+from harness.engine import xmlbuild
+from harness.errors import HarnessError
+
+if TYPE_CHECKING:
+    from harness.engine.runner import Runner
+    from harness.scenario.model import Step
+
+FLAGS = {
+    "live": libvirt.VIR_DOMAIN_AFFECT_LIVE,
+    "config": libvirt.VIR_DOMAIN_AFFECT_CONFIG,
+    "both": libvirt.VIR_DOMAIN_AFFECT_LIVE | libvirt.VIR_DOMAIN_AFFECT_CONFIG,
+    "current": libvirt.VIR_DOMAIN_AFFECT_CURRENT,
+}
+GUEST_BOOT_TIMEOUT = 240.0
+DETACH_TIMEOUT = 30.0
+DETACH_TIMEOUT_GUEST = 90.0
+
+
+@dataclass
+class StepContext:
+    runner: "Runner"
+    step: "Step"
+    removed: list[str] = field(default_factory=list)   # aliases from device-removed events in this step
+    expect_removed: bool = True
+
+    @property
+    def conn(self):
+        return self.runner.t.conn
+
+    def dom(self) -> libvirt.virDomain:
+        if self.runner.dom is None:
+            raise HarnessError(f"step '{self.step.describe()}' needs the domain, which is not defined",
+                               hint="add a 'start' or 'define' step before it")
+        return self.runner.dom
+
+
+def _define(ctx: StepContext) -> None:
+    r = ctx.runner
+    r.dom = ctx.conn.call(ctx.conn.conn.defineXML, r.domain_xml())
+
+
+def do_define(ctx: StepContext) -> None:
+    _define(ctx)
+
+
+def do_start(ctx: StepContext) -> None:
+    r = ctx.runner
+    if r.dom is None:
+        _define(ctx)
+    ctx.conn.call(r.dom.create, timeout=180)
+    if r.sc.domain.guest:
+        wait_guest(ctx)
+
+
+def wait_guest(ctx: StepContext) -> None:
+    """The tiny guest prints a marker on its serial console once its kernel can handle unplug."""
+    r = ctx.runner
+    deadline = time.monotonic() + GUEST_BOOT_TIMEOUT
+    while time.monotonic() < deadline:
+        p = r.t.ssh(f"grep -c harness-guest-ready {r.console_log}", timeout=30)
+        if p.stdout.strip() not in ("", "0"):
+            return
+        time.sleep(2)
+    raise HarnessError(f"the tiny guest did not boot within {GUEST_BOOT_TIMEOUT:.0f} s",
+                       hint=f"see qemu.log in the artefacts (console: {r.console_log})")
+
+
+def do_destroy(ctx: StepContext) -> None:
+    ctx.conn.call(ctx.dom().destroy, timeout=120)
+
+
+def do_undefine(ctx: StepContext) -> None:
+    ctx.conn.call(ctx.dom().undefineFlags, libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE)
+    if not ctx.conn.call(ctx.dom().isActive):
+        ctx.runner.dom = None
+
+
+def do_attach(ctx: StepContext) -> None:
+    dev = ctx.step.arg
+    xml = xmlbuild.device_xml(dev, ctx.runner.r)
+    ctx.runner.keys[dev.id] = oracle.key_of(ET.fromstring(xml))
+    ctx.conn.call(ctx.dom().attachDeviceFlags, xml, FLAGS[ctx.step.flags])
+
+
+def _alias_of(ctx: StepContext, dev_id: str) -> str | None:
+    b = ctx.runner.before
+    return oracle.aliases_by_id(b.live_xml, ctx.runner.keys).get(dev_id)
+
+
+def do_detach(ctx: StepContext) -> None:
+    r = ctx.runner
+    dev = r.devs[ctx.step.arg]
+    xml = xmlbuild.device_xml(dev, r.r)
+    alias = _alias_of(ctx, dev.id)
+    ctx.expect_removed = ctx.step.expect.get("removed", True)
+    mark = ctx.conn.mark()
+    ctx.conn.call(ctx.dom().detachDeviceFlags, xml, FLAGS[ctx.step.flags])
+    if ctx.step.flags == "config" or alias is None:
+        return
+    if ctx.expect_removed:
+        timeout = ctx.step.timeout or (DETACH_TIMEOUT_GUEST if r.sc.domain.guest else DETACH_TIMEOUT)
+        kind = ctx.conn.wait_event(mark, r.dom_name, alias, timeout)
+        if kind == "removal-failed":
+            raise HarnessError(f"QEMU reported device-removal-failed for {alias}")
+    ctx.removed = ctx.conn.events_since(mark, r.dom_name)
+
+
+def do_wait_removed(ctx: StepContext) -> None:
+    r = ctx.runner
+    alias = _alias_of(ctx, ctx.step.arg)
+    timeout = ctx.step.timeout or DETACH_TIMEOUT_GUEST
+    if alias is not None:
+        ctx.conn.wait_event(0, r.dom_name, alias, timeout)
+    ctx.removed = ctx.conn.events_since(0, r.dom_name)
+
+
+def do_update(ctx: StepContext) -> None:
+    r = ctx.runner
+    arg = ctx.step.arg
+    el = xmlbuild.device_element(r.devs[arg["id"]], r.r)
+    if "link" in arg:
+        for old in el.findall("link"):
+            el.remove(old)
+        ET.SubElement(el, "link", state=arg["link"])
+    ctx.conn.call(ctx.dom().updateDeviceFlags, ET.tostring(el, encoding="unicode"), FLAGS[ctx.step.flags])
+
+
+def do_restart_daemon(ctx: StepContext) -> None:
+    """Restart libvirtd in the bed, reconnect, and wait until it has reattached to the domain
+    (a monitor command needs a domain job, which waits for the background reconnect)."""
+    r = ctx.runner
+    p = r.t.ssh("systemctl restart libvirtd", timeout=180)
+    if p.returncode != 0:
+        raise HarnessError(f"systemctl restart libvirtd failed: {p.stderr.strip()}")
+    ctx.conn.reconnect(timeout=120)
+    r.dom = ctx.conn.call(ctx.conn.conn.lookupByName, r.dom_name)
+    if ctx.conn.call(r.dom.isActive):
+        ctx.conn.qemu_ids(r.dom, timeout=120)
+
+
+def do_save_restore(ctx: StepContext) -> None:
+    r = ctx.runner
+    path = f"/var/lib/libvirt/qemu/save/{r.dom_name}.save"
+    try:
+        ctx.conn.call(ctx.dom().save, path, timeout=300)
+        ctx.conn.call(ctx.conn.conn.restore, path, timeout=300)
+    finally:
+        r.t.ssh(f"rm -f {path}", timeout=30)
+    r.dom = ctx.conn.call(ctx.conn.conn.lookupByName, r.dom_name)
+
+
+def do_managedsave_start(ctx: StepContext) -> None:
+    ctx.conn.call(ctx.dom().managedSave, 0, timeout=300)
+    ctx.conn.call(ctx.dom().create, timeout=300)
+
+
+def do_suspend_resume(ctx: StepContext) -> None:
+    ctx.conn.call(ctx.dom().suspend)
+    ctx.conn.call(ctx.dom().resume)
+
+
+def do_network_define(ctx: StepContext) -> None:
+    ctx.runner.network_define(ctx.step.arg)
+
+
+def do_network_start(ctx: StepContext) -> None:
+    ctx.runner.network_start(ctx.step.arg)
+
+
+def _network(ctx: StepContext) -> libvirt.virNetwork:
+    n = ctx.runner.networks.get(ctx.step.arg)
+    if n is None:
+        raise HarnessError(f"network {ctx.step.arg!r} was never defined", hint="add a network-define step first")
+    return n
+
+
+def do_network_destroy(ctx: StepContext) -> None:
+    ctx.conn.call(_network(ctx).destroy)
+
+
+def do_network_undefine(ctx: StepContext) -> None:
+    ctx.conn.call(_network(ctx).undefine)
+
+
+def do_check(ctx: StepContext) -> None:
+    """Nothing to do: the oracle and the step's expect run on a fresh snapshot."""
+
+
+ACTIONS: dict[str, Callable[[StepContext], None]] = {
+    "start": do_start, "destroy": do_destroy, "define": do_define, "undefine": do_undefine,
+    "attach": do_attach, "detach": do_detach, "update": do_update, "wait-removed": do_wait_removed,
+    "restart-daemon": do_restart_daemon, "save-restore": do_save_restore,
+    "managedsave-start": do_managedsave_start, "suspend-resume": do_suspend_resume,
+    "network-define": do_network_define, "network-start": do_network_start,
+    "network-destroy": do_network_destroy, "network-undefine": do_network_undefine,
+    "check": do_check,
+}

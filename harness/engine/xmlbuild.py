@@ -1,0 +1,195 @@
+"""All libvirt XML the harness writes: domains, devices, networks. Built with ElementTree so a
+name with quotes, angle brackets or $(...) stays data and cannot change the document."""
+from __future__ import annotations
+
+import hashlib
+import re
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+
+from harness.errors import HarnessError
+from harness.scenario.model import Device, Domain, Network
+
+GUEST_KERNEL = "/var/lib/libvirt/images/hx-guest/vmlinuz"
+GUEST_INITRD = "/var/lib/libvirt/images/hx-guest/initrd.img"
+
+
+@dataclass
+class PciAddr:
+    domain: int
+    bus: int
+    slot: int
+    function: int
+
+    @classmethod
+    def parse(cls, text: str) -> "PciAddr":
+        m = re.fullmatch(r"([0-9a-fA-F]{4}):([0-9a-fA-F]{2}):([0-9a-fA-F]{2})\.([0-7])", text)
+        if not m:
+            raise ValueError(f"not a PCI address: {text!r}")
+        return cls(*(int(g, 16) for g in m.groups()))
+
+    def attrs(self) -> dict[str, str]:
+        return {"domain": f"0x{self.domain:04x}", "bus": f"0x{self.bus:02x}",
+                "slot": f"0x{self.slot:02x}", "function": f"0x{self.function:x}"}
+
+    def __str__(self) -> str:
+        return f"{self.domain:04x}:{self.bus:02x}:{self.slot:02x}.{self.function:x}"
+
+
+@dataclass
+class Resolved:
+    """What symbols mean in this run: leased host devices, real network names, MACs."""
+    addrs: dict[str, PciAddr] = field(default_factory=dict)        # host device sym -> address
+    ifnames: dict[str, str] = field(default_factory=dict)          # host device sym -> netdev name (PFs, e1000e)
+    networks: dict[str, str] = field(default_factory=dict)         # network sym -> real name
+    bridges: dict[str, str] = field(default_factory=dict)          # network sym -> bridge name (once started)
+    macs: dict[str, str] = field(default_factory=dict)             # device id -> MAC
+    salt: str = ""
+
+    def mac_for(self, dev_id: str) -> str:
+        if dev_id not in self.macs:
+            h = hashlib.sha256(f"{self.salt}:{dev_id}".encode()).digest()
+            self.macs[dev_id] = "52:54:00:%02x:%02x:%02x" % (h[0], h[1], h[2])
+        return self.macs[dev_id]
+
+    def placeholders(self) -> dict[str, str]:
+        out = {"guest.kernel": GUEST_KERNEL, "guest.initrd": GUEST_INITRD}
+        for sym, a in self.addrs.items():
+            out[f"{sym}.address"] = " ".join(f"{k}='{v}'" for k, v in a.attrs().items())
+            out[f"{sym}.pci"] = str(a)
+        for sym, n in self.ifnames.items():
+            out[f"{sym}.ifname"] = n
+        for sym, n in self.networks.items():
+            out[f"{sym}.name"] = n
+        for dev_id, m in self.macs.items():
+            out[f"{dev_id}.mac"] = m
+        return out
+
+
+_PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([a-z][a-z0-9_]*\.[a-z]+)\}")
+
+
+def fill(text: str, r: Resolved, where: str = "raw XML") -> str:
+    """Replace {sym.attr} placeholders; {{ and }} are literal braces."""
+    values = r.placeholders()
+
+    def sub(m: re.Match) -> str:
+        if m.group(0) in ("{{", "}}"):
+            return m.group(0)[0]
+        key = m.group(1)
+        if key not in values:
+            raise HarnessError(f"{where}: placeholder {{{key}}} has no value in this run",
+                               hint=f"known: {', '.join(sorted(values))}")
+        return values[key]
+    return _PLACEHOLDER.sub(sub, text)
+
+
+def _sub(parent: ET.Element, tag: str, **attrs: str) -> ET.Element:
+    return ET.SubElement(parent, tag, {k: v for k, v in attrs.items() if v is not None})
+
+
+def device_element(dev: Device, r: Resolved) -> ET.Element:
+    """The libvirt XML element for a scenario device."""
+    s = dev.spec
+    if dev.kind == "xml":
+        try:
+            return ET.fromstring(fill(s["xml"], r, f"device {dev.id}"))
+        except ET.ParseError as e:
+            raise HarnessError(f"device {dev.id}: raw XML does not parse: {e}") from None
+    if dev.kind == "hostdev":
+        el = ET.Element("hostdev", mode="subsystem", type="pci", managed="yes" if s.get("managed", True) else "no")
+        src = _sub(el, "source")
+        _sub(src, "address", **r.addrs[s["device"]].attrs())
+        _alias(el, s)
+        return el
+    itype = s["type"]
+    el = ET.Element("interface", type=itype)
+    if itype == "hostdev":
+        el.set("managed", "yes" if s.get("managed", True) else "no")
+    _sub(el, "mac", address=s.get("mac") or r.mac_for(dev.id))
+    if itype == "hostdev":
+        src = _sub(el, "source")
+        _sub(src, "address", type="pci", **r.addrs[s["device"]].attrs())
+    elif itype == "network":
+        _sub(el, "source", network=r.networks.get(s["network"], s["network"]))
+    elif itype == "bridge":
+        b = s["bridge"]
+        _sub(el, "source", bridge=r.bridges.get(b, b))
+    elif itype == "direct":
+        d = s["dev"]
+        _sub(el, "source", dev=r.ifnames.get(d, d), mode=s.get("mode", "bridge"))
+    if itype != "hostdev":
+        _sub(el, "model", type=s.get("model", "virtio"))
+    _alias(el, s)
+    return el
+
+
+def _alias(el: ET.Element, spec: dict) -> None:
+    if spec.get("alias"):
+        _sub(el, "alias", name=spec["alias"])
+
+
+def device_xml(dev: Device, r: Resolved) -> str:
+    return ET.tostring(device_element(dev, r), encoding="unicode")
+
+
+def uses_usb(devices: list[Device]) -> bool:
+    return any(d.kind == "interface" and d.spec.get("model") == "usb-net" for d in devices)
+
+
+def domain_xml(name: str, dom: Domain, r: Resolved, virt_type: str, all_devices: list[Device],
+               console_log: str) -> str:
+    """Domain XML. `all_devices` (initial + every later attach) decides the controllers needed."""
+    if dom.xml:
+        root = ET.fromstring(fill(dom.xml, r, "domain xml"))
+        root.set("type", virt_type if root.get("type") in (None, "auto") else root.get("type"))
+        n = root.find("name")
+        if n is None:
+            n = ET.SubElement(root, "name")
+        n.text = name
+        return ET.tostring(root, encoding="unicode")
+    root = ET.Element("domain", type=virt_type)
+    ET.SubElement(root, "name").text = name
+    ET.SubElement(root, "memory", unit="MiB").text = str(dom.memory_mib)
+    ET.SubElement(root, "vcpu").text = str(dom.vcpus)
+    os_el = ET.SubElement(root, "os")
+    ET.SubElement(os_el, "type", arch="x86_64", machine=dom.machine).text = "hvm"
+    if dom.guest:
+        ET.SubElement(os_el, "kernel").text = GUEST_KERNEL
+        ET.SubElement(os_el, "initrd").text = GUEST_INITRD
+        ET.SubElement(os_el, "cmdline").text = "console=ttyS0 quiet panic=-1"
+    feats = ET.SubElement(root, "features")
+    ET.SubElement(feats, "acpi")
+    ET.SubElement(root, "on_reboot").text = "destroy"
+    devs = ET.SubElement(root, "devices")
+    if dom.machine == "q35":
+        _sub(devs, "controller", type="pci", index="0", model="pcie-root")
+        for i in range(1, dom.root_ports + 1):
+            _sub(devs, "controller", type="pci", index=str(i), model="pcie-root-port")
+    _sub(devs, "controller", type="usb", model="qemu-xhci" if uses_usb(all_devices) else "none")
+    ser = _sub(devs, "serial", type="file")
+    _sub(ser, "source", path=console_log)
+    _sub(devs, "memballoon", model="none")
+    for d in dom.devices:
+        devs.append(device_element(d, r))
+    return ET.tostring(root, encoding="unicode")
+
+
+def network_xml(name: str, net: Network, r: Resolved, subnet: int | None = None) -> str:
+    """A libvirt network: a hostdev pool (by VF list or PF) or a NAT/isolated network on 10.<subnet>."""
+    root = ET.Element("network")
+    ET.SubElement(root, "name").text = name
+    if net.forward == "hostdev":
+        fw = _sub(root, "forward", mode="hostdev", managed="yes")
+        if net.pf:
+            _sub(fw, "pf", dev=r.ifnames[net.pf])
+        for vf in net.vfs:
+            _sub(fw, "address", type="pci", **r.addrs[vf].attrs())
+        return ET.tostring(root, encoding="unicode")
+    if net.forward == "nat":
+        _sub(root, "forward", mode="nat")
+    third = subnet if subnet is not None else 0
+    ip = _sub(root, "ip", address=f"10.213.{third}.1", netmask="255.255.255.0")
+    dhcp = _sub(ip, "dhcp")
+    _sub(dhcp, "range", start=f"10.213.{third}.100", end=f"10.213.{third}.200")
+    return ET.tostring(root, encoding="unicode")

@@ -1,0 +1,202 @@
+"""The invariants checked after every step. Pure functions of (before, after, context): the oracle
+never talks to libvirt, so it is unit-tested offline and reused by mutants and bisect.
+
+Snapshots are what the engine collected: live XML, inactive XML, QEMU's peripheral ids, and the
+device-removed events seen during the step.
+"""
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from collections import Counter
+from dataclasses import dataclass, field
+
+from harness import aliases
+
+#: Device elements libvirt never gives an alias.
+NO_ALIAS = {"emulator", "audio", "graphics"}
+STABLE_STEPS = {"restart-daemon", "suspend-resume", "save-restore", "managedsave-start", "check"}
+
+
+@dataclass
+class Snapshot:
+    live_xml: str | None = None          # None when the domain is not running
+    inactive_xml: str | None = None      # None when the domain is not defined
+    qemu_ids: set[str] | None = None     # QMP qom-list /machine/peripheral
+    removed_events: list[str] = field(default_factory=list)   # aliases from device-removed events
+
+
+@dataclass
+class DeviceView:
+    key: str                 # identity across snapshots (MAC for interfaces, source PCI for hostdevs)
+    tag: str
+    alias: str | None
+    elem: ET.Element
+
+
+@dataclass
+class Context:
+    step: str = "check"                                   # the step's action
+    hostdev_networks: set[str] = field(default_factory=set)   # real names of forward mode='hostdev' networks
+    keys: dict[str, str] = field(default_factory=dict)    # scenario device id -> identity key
+    user_aliases: dict[str, str] = field(default_factory=dict)   # scenario device id -> ua-... as written
+    expect_aliases: dict[str, str] = field(default_factory=dict)
+    may_change: set[str] = field(default_factory=set)     # ids whose alias may change in this step
+    attached: str | None = None                           # id attached by this step (call succeeded)
+    attach_flags: str = "live"
+    detached: str | None = None                           # id detached by this step (call succeeded)
+    detach_flags: str = "live"
+    expect_removed: bool = True
+
+
+@dataclass
+class Violation:
+    check: str          # alias-present, alias-unique, alias-stable, alias-family, qemu-ids, attach, detach, expect
+    expected: str
+    actual: str
+
+    def __str__(self) -> str:
+        return f"[{self.check}] expected {self.expected}; got {self.actual}"
+
+
+def _key(el: ET.Element, counters: Counter) -> str:
+    mac = el.find("mac")
+    if el.tag == "interface" and mac is not None:
+        return "mac:" + mac.get("address", "").lower()
+    addr = el.find("source/address")
+    if el.tag == "hostdev" and addr is not None:
+        return "pci:" + ":".join(addr.get(k, "") for k in ("domain", "bus", "slot", "function"))
+    base = f"{el.tag}:{el.get('type', '')}:{el.get('model', '')}:{el.get('index', '')}"
+    counters[base] += 1
+    return f"{base}#{counters[base]}"
+
+
+def device_views(xml: str | None) -> list[DeviceView]:
+    if not xml:
+        return []
+    devs = ET.fromstring(xml).find("devices")
+    if devs is None:
+        return []
+    counters: Counter = Counter()
+    out = []
+    for el in devs:
+        if el.tag in NO_ALIAS or el.get("model") == "none":
+            continue   # model='none' (memballoon, usb controller) is no device at all
+        t = el.find("target")
+        if el.tag == "console" and t is not None and t.get("type") == "serial":
+            continue   # the console that mirrors serial0 is the same QEMU device, same alias
+        a = el.find("alias")
+        out.append(DeviceView(_key(el, counters), el.tag, a.get("name") if a is not None else None, el))
+    return out
+
+
+def key_of(elem: ET.Element) -> str:
+    """Identity key for one device element (as built by the engine)."""
+    return _key(elem, Counter())
+
+
+def aliases_by_id(xml: str | None, keys: dict[str, str]) -> dict[str, str | None]:
+    by_key = {d.key: d.alias for d in device_views(xml)}
+    return {i: by_key.get(k) for i, k in keys.items() if k in by_key}
+
+
+def check(before: Snapshot | None, after: Snapshot, ctx: Context) -> list[Violation]:
+    v: list[Violation] = []
+    live = device_views(after.live_xml)
+    ids_by_key = {k: i for i, k in ctx.keys.items()}
+
+    def name(d: DeviceView) -> str:
+        return f"{ids_by_key.get(d.key, d.key)} (<{d.tag}>)"
+
+    # 1. every device has an alias, no two equal
+    if after.live_xml:
+        for d in live:
+            if not d.alias:
+                v.append(Violation("alias-present", f"{name(d)} to have an alias", "none"))
+        dup = [a for a, n in Counter(d.alias for d in live if d.alias).items() if n > 1]
+        for a in dup:
+            v.append(Violation("alias-unique", f"alias {a!r} used once",
+                               ", ".join(name(d) for d in live if d.alias == a)))
+
+    # 2. aliases of devices present before and after are unchanged
+    if before is not None and before.live_xml and after.live_xml:
+        prev = {d.key: d for d in device_views(before.live_xml)}
+        for d in live:
+            p = prev.get(d.key)
+            if p is None or p.alias == d.alias:
+                continue
+            if ids_by_key.get(d.key) in ctx.may_change:
+                continue
+            v.append(Violation("alias-stable", f"{name(d)} to keep alias {p.alias!r} across {ctx.step}",
+                               repr(d.alias)))
+        if ctx.step in STABLE_STEPS:
+            gone = set(prev) - {d.key for d in live}
+            for k in sorted(gone):
+                v.append(Violation("alias-stable", f"{name(prev[k])} still present after {ctx.step}", "gone"))
+
+    # 3. family rules: hostdevN for host-device-backed interfaces, netN otherwise, user aliases kept
+    ua_by_key = {ctx.keys[i]: a for i, a in ctx.user_aliases.items() if i in ctx.keys}
+    for xml_text, which in ((after.live_xml, "live"), (after.inactive_xml, "inactive")):
+        for d in device_views(xml_text):
+            if which == "inactive" and d.alias is None:
+                continue   # inactive XML only keeps user aliases
+            if d.tag == "interface":
+                msg = aliases.check_interface(d.alias, d.elem, ctx.hostdev_networks, ua_by_key.get(d.key))
+            elif d.tag == "hostdev":
+                msg = aliases.check_hostdev(d.alias, ua_by_key.get(d.key))
+            else:
+                continue
+            if msg:
+                v.append(Violation("alias-family", f"{name(d)} in {which} XML named by the rules", msg))
+
+    # 4. libvirt's aliases are QEMU's device ids, and QEMU holds nothing libvirt forgot
+    if after.live_xml and after.qemu_ids is not None:
+        mine = {d.alias for d in live if d.tag in ("interface", "hostdev") and d.alias}
+        missing = sorted(mine - after.qemu_ids)
+        extra = sorted(i for i in after.qemu_ids - mine if aliases.is_qemu_device_id(i))
+        if missing:
+            v.append(Violation("qemu-ids", f"QEMU device ids for {missing}", "absent from qom-list /machine/peripheral"))
+        if extra:
+            v.append(Violation("qemu-ids", "no QEMU NIC/hostdev device unknown to libvirt",
+                               f"QEMU still has {extra}"))
+
+    # 5. attach left the device where asked; detach judged by the removed event
+    if ctx.attached:
+        k = ctx.keys.get(ctx.attached)
+        if ctx.attach_flags in ("live", "both", "current") and after.live_xml:
+            d = next((d for d in live if d.key == k), None)
+            if d is None:
+                v.append(Violation("attach", f"{ctx.attached} in the live XML after a successful attach", "absent"))
+            elif after.qemu_ids is not None and d.alias not in after.qemu_ids:
+                v.append(Violation("attach", f"{ctx.attached} ({d.alias}) in QEMU after a successful attach",
+                                   "absent from qom-list"))
+        if ctx.attach_flags in ("config", "both") or (ctx.attach_flags == "current" and not after.live_xml):
+            if k not in {d.key for d in device_views(after.inactive_xml)}:
+                v.append(Violation("attach", f"{ctx.attached} in the inactive XML after attach --{ctx.attach_flags}",
+                                   "absent"))
+    if ctx.detached and ctx.detach_flags in ("live", "both", "current") and before and before.live_xml:
+        k = ctx.keys.get(ctx.detached)
+        old = next((d for d in device_views(before.live_xml) if d.key == k), None)
+        still = any(d.key == k for d in live)
+        got_event = old is not None and old.alias in after.removed_events
+        if ctx.expect_removed:
+            if not got_event:
+                v.append(Violation("detach", f"device-removed event for {ctx.detached} ({old.alias if old else '?'})",
+                                   "no event" + (" and the device is still in the live XML" if still else "")))
+            elif still:
+                v.append(Violation("detach", f"{ctx.detached} gone from the live XML after its removed event",
+                                   "still present"))
+        elif got_event or not still:
+            v.append(Violation("detach", f"{ctx.detached} to stay (no guest to acknowledge the unplug)",
+                               "it was removed"))
+    if ctx.detached and ctx.detach_flags in ("config", "both"):
+        k = ctx.keys.get(ctx.detached)
+        if k in {d.key for d in device_views(after.inactive_xml)}:
+            v.append(Violation("detach", f"{ctx.detached} gone from the inactive XML", "still present"))
+
+    # 6. the step's explicit expectations
+    if ctx.expect_aliases:
+        got = aliases_by_id(after.live_xml or after.inactive_xml, ctx.keys)
+        for i, want in ctx.expect_aliases.items():
+            if got.get(i) != want:
+                v.append(Violation("expect", f"{i} -> {want}", f"{i} -> {got.get(i)}"))
+    return v

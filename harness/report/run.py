@@ -1,0 +1,369 @@
+"""One run on disk: results/<run dir>/{summary.json, report.html, artefacts/}, plus results/history.jsonl.
+
+Pure Python, no libvirt: the pytest plugin hands over run metadata and one record per scenario
+(see tests/unit/test_report.py for the shape) and this module writes what QA reads.
+
+Run directories are named `<YYYY-MM-DD>_<suite>_<libvirt-version>` (date of the run's start, UTC).
+A second run of the same suite and libvirt on the same day gets `.2`, then `.3`, ... so a run never
+overwrites another one (see `make_run_dir`).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+import xml.etree.ElementTree as ET
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock
+
+from harness.errors import HarnessError
+from harness.progress import say
+from harness.report import html as html_report
+
+VERDICTS = ("passed", "failed", "skipped", "error")
+#: Verdicts that mean "this scenario is broken": an error (harness or setup) is as red as a failure.
+FAILING = ("failed", "error")
+HISTORY = "history.jsonl"
+
+_KEY_BLOCK = re.compile(
+    r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----.*?(?:-----END [A-Z0-9 ]*PRIVATE KEY-----|\Z)", re.S)
+_URI_QUERY = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s?#'\"<>]*)\?[^\s#'\"<>]*")
+_SECRET_PARAM = re.compile(r"\b(keyfile|command)=[^\s&'\"<>]+")
+
+
+# --- redaction -------------------------------------------------------------------------------
+
+def redact(text: str) -> str:
+    """Keep per-bed secrets out of files that are shared as CI artefacts.
+
+    Private key blocks (even truncated ones) become "[redacted key]"; URIs lose their query string
+    (qemu+ssh://...?keyfile=/path&command=... names the key and the remote command); a stray
+    `keyfile=`/`command=` outside a URI loses its value.
+    """
+    text = _KEY_BLOCK.sub("[redacted key]", text)
+    text = _URI_QUERY.sub(r"\1", text)
+    return _SECRET_PARAM.sub(r"\1=[redacted]", text)
+
+
+def _redact_tree(obj: Any) -> Any:
+    """Redact every string in a JSON-like tree: messages and logs can quote the URI anywhere."""
+    if isinstance(obj, str):
+        return redact(obj)
+    if isinstance(obj, dict):
+        return {k: _redact_tree(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_redact_tree(v) for v in obj]
+    return obj
+
+
+# --- one run -----------------------------------------------------------------------------------
+
+def _safe(part: str) -> str:
+    """A suite or version string as a single path component."""
+    return re.sub(r"[^A-Za-z0-9._+-]+", "-", str(part)).strip(".-") or "unknown"
+
+
+def run_dir_name(meta: dict) -> str:
+    """`<YYYY-MM-DD>_<suite>_<libvirt-version>`, the date being the run's start in UTC."""
+    started = datetime.fromisoformat(meta["started"])
+    if started.tzinfo is not None:
+        started = started.astimezone(timezone.utc)
+    return f"{started:%Y-%m-%d}_{_safe(meta['suite'])}_{_safe(meta['libvirt'])}"
+
+
+def make_run_dir(results_root: Path, meta: dict) -> Path:
+    """Create the run's directory: the plain name, else `.2`, `.3`, ... (mkdir is the race-free claim)."""
+    results_root.mkdir(parents=True, exist_ok=True)
+    base = run_dir_name(meta)
+    n = 1
+    while True:
+        path = results_root / (base if n == 1 else f"{base}.{n}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            n += 1
+
+
+def is_flaky(record: dict) -> bool:
+    """Passed, but only after a retry."""
+    return record.get("verdict") == "passed" and record.get("attempts", 1) > 1
+
+
+def count(records: list[dict]) -> dict:
+    """Verdict counts. `flaky` is a subset of `passed`: passed + failed + skipped + error = total."""
+    counts = dict.fromkeys(VERDICTS + ("flaky",), 0)
+    for rec in records:
+        if rec["verdict"] not in VERDICTS:
+            raise HarnessError(f"scenario {rec.get('scenario')!r} has verdict {rec['verdict']!r}",
+                               hint=f"the plugin must report one of {', '.join(VERDICTS)}")
+        counts[rec["verdict"]] += 1
+        counts["flaky"] += is_flaky(rec)
+    return counts
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """A reader (or a crash) never sees half a file. 0644: CI may upload it as another user."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+
+
+def write_run(run_dir: Path, meta: dict, records: list[dict], comparison: dict | None = None) -> dict:
+    """Write summary.json and report.html (both redacted) into run_dir; return the summary.
+
+    `comparison` (from `compare`) is optional: when given it is kept in the summary and shown at
+    the top of the report, so the morning reader sees what changed since the previous run.
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    summary = _redact_tree({"meta": meta, "counts": count(records), "scenarios": records})
+    if comparison is not None:
+        summary["comparison"] = comparison
+    _write_atomic(run_dir / "summary.json", json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+    _write_atomic(run_dir / "report.html", html_report.render(summary, run_dir))
+    return summary
+
+
+def load_summary(run_dir: Path) -> dict:
+    return json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+
+
+# --- history -----------------------------------------------------------------------------------
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return path.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return str(path.resolve())
+
+
+def append_history(results_root: Path, summary: dict, run_dir: Path) -> dict:
+    """Append one JSON line for this run to results/history.jsonl; return it.
+
+    The line holds meta, counts, {scenario: verdict}, the flaky scenarios and the run dir relative
+    to results_root. A file lock keeps lines whole when parallel shards finish together.
+    """
+    entry = {
+        "meta": summary["meta"],
+        "counts": summary["counts"],
+        "scenarios": {r["scenario"]: r["verdict"] for r in summary["scenarios"]},
+        "flaky": sorted(r["scenario"] for r in summary["scenarios"] if is_flaky(r)),
+        "run_dir": _relative(run_dir, results_root),
+    }
+    line = json.dumps(entry, ensure_ascii=False, separators=(",", ":")) + "\n"
+    results_root.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(results_root / (HISTORY + ".lock")), timeout=60):
+        with open(results_root / HISTORY, "a", encoding="utf-8") as f:
+            f.write(line)
+    return entry
+
+
+def read_history(results_root: Path) -> list[dict]:
+    """All history entries in append order; a damaged line is reported and skipped, not fatal."""
+    path = results_root / HISTORY
+    if not path.exists():
+        return []
+    entries = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            entries.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            say(f"{path}:{n}: skipping damaged history line ({e})", warn=True)
+    return entries
+
+
+def previous_run(results_root: Path, suite: str, before_run_id: str, shard: str | None = None) -> dict | None:
+    """The summary of the last run of `suite` recorded before `before_run_id`, or None.
+
+    Only entries of the same shard count (default None: whole runs, i.e. unsharded or merged), so a
+    shard is never compared with a whole run. If `before_run_id` is not in the history yet, the last
+    matching entry is taken. The run's summary.json is preferred; if its directory is gone, a
+    summary with verdicts only is rebuilt from the history line.
+    """
+    found = None
+    for entry in read_history(results_root):
+        meta = entry.get("meta", {})
+        if meta.get("run_id") == before_run_id:
+            break
+        if meta.get("suite") == suite and meta.get("shard") == shard:
+            found = entry
+    if found is None:
+        return None
+    run_dir = results_root / found["run_dir"]
+    if (run_dir / "summary.json").is_file():
+        return load_summary(run_dir)
+    return {"meta": found["meta"], "counts": found["counts"],
+            "scenarios": [{"scenario": s, "verdict": v} for s, v in found["scenarios"].items()]}
+
+
+# --- comparison --------------------------------------------------------------------------------
+
+def compare(prev_summary: dict | None, cur_summary: dict) -> dict:
+    """What changed since the previous run; every list sorted by scenario name.
+
+    Failing means failed or error. new_failures: failing now, not failing before (passed, skipped or
+    absent). fixed: failing before, passed now. flaky: passed now after a retry.
+    """
+    prev = {r["scenario"]: r["verdict"] for r in (prev_summary or {}).get("scenarios", [])}
+    cur = {r["scenario"]: r for r in cur_summary["scenarios"]}
+    was_failing = {s for s, v in prev.items() if v in FAILING}
+    failing = {s for s, r in cur.items() if r["verdict"] in FAILING}
+    passed = {s for s, r in cur.items() if r["verdict"] == "passed"}
+    return {
+        "previous": (prev_summary or {}).get("meta", {}).get("run_id"),
+        "current": cur_summary["meta"].get("run_id"),
+        "new_failures": sorted(failing - was_failing),
+        "fixed": sorted(was_failing & passed),
+        "still_failing": sorted(failing & was_failing),
+        "flaky": sorted(s for s, r in cur.items() if is_flaky(r)),
+        "new_scenarios": sorted(cur.keys() - prev.keys()),
+        "removed_scenarios": sorted(prev.keys() - cur.keys()),
+    }
+
+
+def format_compare(d: dict) -> str:
+    """Plain text for a terminal or a CI log, most urgent first."""
+    if d["previous"] is None:
+        head = f"Run {d['current']}: no previous run of this suite to compare with."
+    else:
+        head = f"Run {d['current']} compared with {d['previous']}:"
+    lines = [head]
+    for key, title in html_report.COMPARE_SECTIONS:
+        if d[key]:
+            lines.append(f"  {title} ({len(d[key])}):")
+            lines.extend(f"    - {name}" for name in d[key])
+    if len(lines) == 1:
+        lines.append("  no changes.")
+    return "\n".join(lines) + "\n"
+
+
+# --- shards ------------------------------------------------------------------------------------
+
+def _check_same_run(summaries: list[tuple[Path, dict]]) -> None:
+    """Shards of one run share suite and libvirt version; anything else is two different runs."""
+    for key in ("suite", "libvirt"):
+        seen = {str(d): s["meta"].get(key) for d, s in summaries}
+        if len(set(seen.values())) > 1:
+            detail = ", ".join(f"{d}: {v}" for d, v in seen.items())
+            raise HarnessError(f"shards disagree on {key}: {detail}",
+                               hint="merge only the shards of one run")
+
+
+def _merged_records(summaries: list[tuple[Path, dict]]) -> list[tuple[Path, dict]]:
+    """(shard dir, record) for every scenario; a scenario in two shards is an error."""
+    owner: dict[str, Path] = {}
+    out = []
+    for shard_dir, summary in summaries:
+        for rec in summary["scenarios"]:
+            name = rec["scenario"]
+            if name in owner:
+                raise HarnessError(f"scenario {name!r} is in two shards: {owner[name]} and {shard_dir}",
+                                   hint="each scenario must run in exactly one shard")
+            owner[name] = shard_dir
+            out.append((shard_dir, rec))
+    return out
+
+
+def _inside(root: Path, rel: str) -> Path:
+    """root/rel, refusing a path that leaves root (the record comes from another process)."""
+    path = (root / rel).resolve()
+    if not path.is_relative_to(root.resolve()):
+        raise HarnessError(f"artefacts path {rel!r} leaves the run dir {root}")
+    return path
+
+
+def _copy_artefacts(shard_dir: Path, record: dict, out_dir: Path) -> None:
+    rel = record.get("artefacts")
+    if not rel:
+        return
+    src = _inside(shard_dir, rel)
+    if src.is_dir():
+        shutil.copytree(src, _inside(out_dir, rel))
+
+
+def _merged_meta(summaries: list[tuple[Path, dict]]) -> dict:
+    """The first shard's meta, spanning all shards' time, as a whole run (shard None)."""
+    metas = [s["meta"] for _, s in summaries]
+    meta = dict(metas[0])
+    meta["started"] = min((m["started"] for m in metas), key=datetime.fromisoformat)
+    meta["finished"] = max((m["finished"] for m in metas), key=datetime.fromisoformat)
+    meta["shard"] = None
+    meta["merged_shards"] = [m.get("shard") for m in metas]
+    return meta
+
+
+def _merge_junit(shard_dirs: list[Path], out_dir: Path) -> None:
+    """Put every shard's <testsuite> under one <testsuites> with summed totals."""
+    files = [d / "junit.xml" for d in shard_dirs if (d / "junit.xml").is_file()]
+    if not files:
+        return
+    root = ET.Element("testsuites")
+    for f in files:
+        tree = ET.parse(f).getroot()
+        root.extend([tree] if tree.tag == "testsuite" else tree.findall("testsuite"))
+    for attr in ("tests", "failures", "errors", "skipped"):
+        root.set(attr, str(sum(int(s.get(attr, 0)) for s in root)))
+    root.set("time", f"{sum(float(s.get('time', 0)) for s in root):.3f}")
+    ET.ElementTree(root).write(out_dir / "junit.xml", encoding="utf-8", xml_declaration=True)
+
+
+def merge_shards(shard_dirs: list[Path], out_dir: Path) -> dict:
+    """Merge shard run dirs into out_dir (new or empty): summary, report, junit.xml, artefacts."""
+    if not shard_dirs:
+        raise HarnessError("no shard directories to merge")
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise HarnessError(f"{out_dir} is not empty", hint="merge into a new directory")
+    summaries = [(d, load_summary(d)) for d in shard_dirs]
+    _check_same_run(summaries)
+    pairs = _merged_records(summaries)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for shard_dir, rec in pairs:
+        _copy_artefacts(shard_dir, rec, out_dir)
+    _merge_junit(shard_dirs, out_dir)
+    return write_run(out_dir, _merged_meta(summaries), [rec for _, rec in pairs])
+
+
+# --- matrix ------------------------------------------------------------------------------------
+
+def cell(record: dict | None) -> str:
+    """One matrix cell: PASS, FLAKY, FAIL, ERROR, SKIP, or - when the scenario was not in that run."""
+    if record is None:
+        return "-"
+    if is_flaky(record):
+        return "FLAKY"
+    return {"passed": "PASS", "failed": "FAIL", "error": "ERROR", "skipped": "SKIP"}[record["verdict"]]
+
+
+def _columns(summaries: list[dict]) -> list[str]:
+    """"suite libvirt" per summary; two runs of the same pair are told apart by run id."""
+    labels = [f"{s['meta']['suite']} {s['meta']['libvirt']}" for s in summaries]
+    return [f"{label} ({s['meta'].get('run_id')})" if labels.count(label) > 1 else label
+            for label, s in zip(labels, summaries)]
+
+
+def matrix_table(summaries: list[dict]) -> tuple[str, str]:
+    """Scenario x "suite libvirt-version" table, as aligned text and as a self-contained HTML page."""
+    columns = _columns(summaries)
+    by_run = [{r["scenario"]: r for r in s["scenarios"]} for s in summaries]
+    names = sorted(set().union(*by_run)) if by_run else []
+    rows = [[cell(run.get(name)) for run in by_run] for name in names]
+    return _matrix_text(columns, names, rows), html_report.render_matrix(columns, names, rows)
+
+
+def _matrix_text(columns: list[str], names: list[str], rows: list[list[str]]) -> str:
+    first = max([len("scenario")] + [len(n) for n in names])
+    widths = [max(len(c), 5) for c in columns]
+    def line(head: str, cells: list[str]) -> str:
+        return "  ".join([head.ljust(first)] + [c.ljust(w) for c, w in zip(cells, widths)]).rstrip()
+    out = [line("scenario", columns), line("-" * first, ["-" * w for w in widths])]
+    out.extend(line(name, row) for name, row in zip(names, rows))
+    return "\n".join(out) + "\n"
