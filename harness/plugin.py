@@ -86,6 +86,7 @@ class ScenarioFile(pytest.File):
             item = ScenarioItem.from_parent(self, name=sc.name, scenario=sc)
             item.add_marker(pytest.mark.scenario)
             for t in sc.tags:
+                self.config.addinivalue_line("markers", f"{t}: scenario tag")
                 item.add_marker(getattr(pytest.mark, t))
             yield item
 
@@ -121,7 +122,7 @@ class ScenarioItem(pytest.Item):
         try:
             for attempt in range(retries + 1):
                 self.record["attempts"] = attempt + 1
-                art = hx.staging / art_rel
+                art = hx.run_dir / art_rel
                 shutil.rmtree(art, ignore_errors=True)
                 runner = Runner(sc, target, art)
                 self.runner = runner
@@ -139,7 +140,7 @@ class ScenarioItem(pytest.Item):
                 except StepFailure as e:
                     self.record["steps"] = runner.steps_log
                     self.record["verdict"] = "failed"
-                    self.record["failure"] = failure_dict(e, sc, hx.final_hint(art_rel))
+                    self.record["failure"] = failure_dict(e, sc, str(art))
                     if attempt == retries:
                         raise
         finally:
@@ -193,7 +194,8 @@ class HarnessSession:
         self.sid = sid
         self._target = None
         self.root = Path(config.getoption("hx_results") or paths.results_dir())
-        self.staging = self.root / f".staging-{sid}"
+        self.staging = self.root / f".staging-{sid}"     # only pytest's junit.xml, until the run folder exists
+        self.run_dir: Path | None = None
 
     # ---- target ----------------------------------------------------------------------
     def target(self):
@@ -222,11 +224,21 @@ class HarnessSession:
                 bed = state.load(bed.name) or bed
                 t = session.open_target(bed=bed)
         self._check_leftovers(t)
-        self.staging.mkdir(parents=True, exist_ok=True)
-        meta = self.staging / "meta.json"
-        if not meta.exists():
-            meta.write_text(json.dumps(t.meta()))
+        self._claim_run_dir(t.meta())
         return t
+
+    def _claim_run_dir(self, meta: dict) -> None:
+        """The first process to open the target names the run folder; xdist workers share it."""
+        from harness.report import run as report
+        note = paths.beds_dir() / f"session-{self.sid}.rundir"
+        with FileLock(str(note) + ".lock"):
+            if note.exists():
+                self.run_dir = Path(note.read_text())
+                return
+            meta = dict(meta, started=self.sid.split("-")[0])
+            self.run_dir = report.make_run_dir(self.root, meta)
+            (self.run_dir / "meta.json").write_text(json.dumps(meta))
+            note.write_text(str(self.run_dir))
 
     def _check_leftovers(self, t):
         from harness.engine import session
@@ -243,11 +255,8 @@ class HarnessSession:
             flag.write_text("ok")
 
     # ---- results ---------------------------------------------------------------------
-    def final_hint(self, art_rel: Path) -> str:
-        return str(self.root / "<run>" / art_rel)
-
     def save_record(self, record: dict) -> None:
-        d = self.staging / "records"
+        d = self.run_dir / "records"
         d.mkdir(parents=True, exist_ok=True)
         (d / f"{record['scenario']}.json").write_text(json.dumps(record, indent=1))
 
@@ -262,21 +271,24 @@ class HarnessSession:
                 f.unlink(missing_ok=True)
 
     def _write_run(self) -> None:
-        if not (self.staging / "records").is_dir():
+        note = paths.beds_dir() / f"session-{self.sid}.rundir"
+        if not note.exists():          # no scenario ran: nothing to report
             shutil.rmtree(self.staging, ignore_errors=True)
             return
         from harness.report import run as report
-        records = [json.loads(p.read_text()) for p in sorted((self.staging / "records").glob("*.json"))]
-        meta = json.loads((self.staging / "meta.json").read_text()) if (self.staging / "meta.json").exists() else {}
-        meta.update({"run_id": self.sid, "started": self.sid.split("-")[0], "command": " ".join(
-            self.config.invocation_params.args), "harness_version": __import__("harness").__version__,
-            "finished": time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())})
+        run_dir = Path(note.read_text())
+        records = [json.loads(p.read_text()) for p in sorted((run_dir / "records").glob("*.json"))]
+        meta = json.loads((run_dir / "meta.json").read_text())
+        meta.update({"run_id": self.sid, "command": " ".join(self.config.invocation_params.args),
+                     "harness_version": __import__("harness").__version__,
+                     "finished": time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())})
+        shutil.rmtree(run_dir / "records", ignore_errors=True)
+        (run_dir / "meta.json").unlink(missing_ok=True)
+        if (self.staging / "junit.xml").exists():
+            shutil.move(str(self.staging / "junit.xml"), run_dir / "junit.xml")
+        shutil.rmtree(self.staging, ignore_errors=True)
         prev = report.previous_run(self.root, meta.get("suite"), self.sid)
-        shutil.rmtree(self.staging / "records")
-        run_dir = report.make_run_dir(self.root, meta)
-        self.staging.rename(run_dir)
-        cur = {"meta": meta, "scenarios": records}
-        comparison = report.compare(prev, cur) if prev is not None else None
+        comparison = report.compare(prev, {"meta": meta, "scenarios": records}) if prev is not None else None
         summary = report.write_run(run_dir, meta, records, comparison=comparison)
         report.append_history(self.root, summary, run_dir)
         if comparison is not None:

@@ -86,7 +86,10 @@ class BedInfo:
             f"  HostKeyAlias hx-bed-{self.name}\n"
             "  GlobalKnownHostsFile /dev/null\n  BatchMode yes\n  LogLevel ERROR\n"
             "  ConnectTimeout 10\n  ServerAliveInterval 5\n  ServerAliveCountMax 3\n"
-            f"  ControlMaster auto\n  ControlPath {self.path}/cm-%C\n  ControlPersist 120\n")
+            f"  ControlMaster auto\n  ControlPath {self.path}/cm-%C\n  ControlPersist 120\n"
+            # Beds whose SSH port is not reachable from the host directly (the Vagrant bed lives in
+            # a network namespace) name a ProxyCommand; the host key stays pinned either way.
+            + (f"  ProxyCommand {self.extra['ssh_proxy_command']}\n" if self.extra.get("ssh_proxy_command") else ""))
         self.ssh_wrapper.write_text(f'#!/bin/sh\nexec ssh -F "{self.ssh_config}" "$@"\n')
         self.ssh_wrapper.chmod(0o755)
 

@@ -97,7 +97,7 @@ def device_element(dev: Device, r: Resolved) -> ET.Element:
         except ET.ParseError as e:
             raise HarnessError(f"device {dev.id}: raw XML does not parse: {e}") from None
     if dev.kind == "hostdev":
-        el = ET.Element("hostdev", mode="subsystem", type="pci", managed="yes" if s.get("managed", True) else "no")
+        el = ET.Element("hostdev", mode="subsystem", type="pci", managed="yes")
         src = _sub(el, "source")
         _sub(src, "address", **r.addrs[s["device"]].attrs())
         _alias(el, s)
@@ -117,7 +117,7 @@ def device_element(dev: Device, r: Resolved) -> ET.Element:
         _sub(el, "source", bridge=r.bridges.get(b, b))
     elif itype == "direct":
         d = s["dev"]
-        _sub(el, "source", dev=r.ifnames.get(d, d), mode=s.get("mode", "bridge"))
+        _sub(el, "source", dev=r.ifnames.get(d, d), mode="bridge")
     if itype != "hostdev":
         _sub(el, "model", type=s.get("model", "virtio"))
     _alias(el, s)

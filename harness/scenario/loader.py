@@ -1,0 +1,936 @@
+"""Scenario files -> validated Scenario objects, or one ScenarioError that points at the line to fix.
+
+The pipeline is: bytes -> strict UTF-8 -> YAML node tree (so every value keeps its line) -> plain
+data -> schema.json -> semantic checks (references, kinds, placeholders) -> model objects.
+Every failure is a ScenarioError with file:line:column, a hint and a snippet: collection must say
+what is wrong and how to fix it, never show a traceback.
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+import functools
+import json
+import operator
+import os
+import re
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from harness.errors import HarnessError
+from harness.scenario.model import Device, Domain, HostDevice, Mark, Network, Scenario, Step
+
+SCHEMA_PATH = Path(__file__).with_name("schema.json")
+
+#: Limits that keep hostile or broken files (alias bombs, runaway nesting) from hanging collection.
+MAX_DEPTH = 64
+MAX_NODES = 50_000
+
+_MAP_TAG = "tag:yaml.org,2002:map"
+_SEQ_TAG = "tag:yaml.org,2002:seq"
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+_SCALAR_TAGS = {f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "null", "timestamp")}
+_LINE_BREAK = re.compile(r"\r\n|[\n\r\x85\u2028\u2029]")
+_PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([^{}]*)\}")
+_PLACEHOLDER_KEY = re.compile(r"([a-z][a-z0-9_]*)\.([a-z]+)")
+_NAME = re.compile(r"[a-z0-9][a-z0-9-]*")
+_DEVICE_ATTRS = ("address", "pci", "ifname")
+_INTERFACE_KEY_TYPES = {   # keys that only make sense for some interface types
+    "device": ("hostdev",), "managed": ("hostdev",), "network": ("network",), "bridge": ("bridge",),
+    "dev": ("direct",), "model": ("network", "bridge", "user", "ethernet", "direct"),
+}
+_DOMAIN_XML_COMPATIBLE = {"xml", "guest"}
+_FLAGGED_ACTIONS = ("attach", "detach", "update")
+_DOC = "docs/scenario-format.md"
+
+
+class ScenarioError(HarnessError):
+    """A scenario file problem, located (1-based line and column) and explained with a hint."""
+
+    def __init__(self, message: str, hint: str | None = None, *, file: str, line: int = 1,
+                 column: int = 1, snippet: str | None = None):
+        super().__init__(message, hint)
+        self.file = file
+        self.line = max(1, line)
+        self.column = max(1, column)
+        self.snippet = snippet
+
+    @property
+    def mark(self) -> Mark:
+        return Mark(self.file, self.line, self.column)
+
+    def __str__(self) -> str:
+        out = f"{self.file}:{self.line}:{self.column}: {self.message}"
+        if self.hint:
+            out += f"\n  hint: {self.hint}"
+        if self.snippet:
+            out += "\n" + self.snippet
+        return out
+
+
+# ---------------------------------------------------------------------------------------------
+# public API
+
+def load_file(path: str | os.PathLike) -> list[Scenario]:
+    """Load every scenario in one file; marks carry the path exactly as given."""
+    name = os.fspath(path)
+    try:
+        raw = Path(name).read_bytes()
+    except OSError as e:
+        raise ScenarioError(f"cannot read the scenario file: {e.strerror or e}",
+                            "check the path and its permissions", file=name) from None
+    return load_text(raw, name)
+
+
+def load_text(text: str | bytes, filename: str | os.PathLike) -> list[Scenario]:
+    """Load scenarios from text already in memory; `filename` is used in marks and for the default name."""
+    return _Loader(os.fspath(filename), text).load()
+
+
+def check_unique_names(scenarios: Iterable[Scenario]) -> None:
+    """Scenario names are test ids: raise at the second scenario that reuses a name."""
+    seen: dict[str, Scenario] = {}
+    for sc in scenarios:
+        first = seen.setdefault(sc.name, sc)
+        if first is sc:
+            continue
+        mark = sc.mark or Mark(sc.file, 1, 1)
+        raise ScenarioError(
+            f"duplicate scenario name '{sc.name}'",
+            f"'{sc.name}' is already the scenario at {first.mark or first.file}; names are test ids, "
+            "so rename one (a single-scenario file is named after its file stem)",
+            file=mark.file, line=mark.line, column=mark.column, snippet=_snippet_from_file(mark.file, mark.line))
+
+
+_OPS: dict[str, Callable[[Any, Any], bool]] = {
+    "<=": operator.le, ">=": operator.ge, "==": operator.eq, "!=": operator.ne, "<": operator.lt, ">": operator.gt}
+_CLAUSE = re.compile(r"\s*(<=|>=|==|!=|<|>)\s*([0-9]+(?:\.[0-9]+)*)\s*")
+_VERSION = re.compile(r"\s*v?([0-9]+(?:\.[0-9]+)*)")
+
+
+def parse_version_constraint(spec: str) -> Callable[[str], bool]:
+    """'>=8.0, <10' -> predicate on version strings; dotted ints compare with missing parts as 0."""
+    clauses = []
+    for part in spec.split(","):
+        m = _CLAUSE.fullmatch(part)
+        if not m:
+            raise ValueError(f"bad version constraint {spec!r}: expected e.g. '>=9.0.0' or '>=8.0, <10'")
+        clauses.append((_OPS[m.group(1)], _version_tuple(m.group(2))))
+
+    def satisfied(version: str) -> bool:
+        have = _version_tuple(version)
+        return all(op(*_padded(have, want)) for op, want in clauses)
+    return satisfied
+
+
+def version_satisfies(version: str, spec: str) -> bool:
+    """Whether e.g. '9.0.0' (or '8.2.2 (Debian ...)': leading dotted ints count) meets '>=9.0'."""
+    return parse_version_constraint(spec)(version)
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    m = _VERSION.match(version)
+    if not m:
+        raise ValueError(f"not a version: {version!r}")
+    return tuple(int(p) for p in m.group(1).split("."))
+
+
+def _padded(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    n = max(len(a), len(b))
+    return a + (0,) * (n - len(a)), b + (0,) * (n - len(b))
+
+
+# ---------------------------------------------------------------------------------------------
+# schema
+
+@functools.cache
+def _schema() -> dict:
+    return json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
+
+
+@functools.cache
+def _validator() -> jsonschema.Draft202012Validator:
+    return jsonschema.Draft202012Validator(_schema())
+
+
+@functools.cache
+def actions() -> tuple[str, ...]:
+    """Every step action, in schema order (the step's `oneOf` is the single source of truth)."""
+    return tuple(branch["required"][0] for branch in _schema()["$defs"]["step"]["oneOf"])
+
+
+def _deref(schema: Any) -> list[dict]:
+    """A schema and the local `$ref` targets ("#/$defs/x") behind it, outermost first."""
+    chain = []
+    while isinstance(schema, dict):
+        chain.append(schema)
+        if "$ref" not in schema:
+            break
+        target: Any = _schema()
+        for part in schema["$ref"].removeprefix("#/").split("/"):
+            target = target[part]
+        schema = target
+    return chain
+
+
+def _frames(schema_path: Iterable[Any]) -> list[dict]:
+    """The schemas that applied to the failing instance, outermost first.
+
+    jsonschema's schema paths skip `$ref` hops, so refs are followed wherever a key is missing.
+    A new instance level (a property, an item, a map value) starts a new list.
+    """
+    node: Any = _schema()
+    frames, prev = [node], None
+    for key in schema_path:
+        while isinstance(node, dict) and key not in node and "$ref" in node:
+            node = _deref(node)[1]
+            frames.append(node)
+        try:
+            node = node[key]
+        except (KeyError, IndexError, TypeError):
+            break
+        if isinstance(node, dict) and key != "properties":
+            if prev == "properties" or key in ("items", "additionalProperties", "propertyNames"):
+                frames = []
+            frames.append(node)
+        prev = key
+    return frames
+
+
+def _descriptions(schemas: Iterable[dict]) -> str:
+    return "; ".join(dict.fromkeys(s["description"] for s in schemas if s.get("description")))
+
+
+def _properties(frames: list[dict]) -> dict[str, Any]:
+    """The properties an object level declares, whichever frame (or ref behind it) holds them."""
+    out: dict[str, Any] = {}
+    for frame in frames:
+        for schema in _deref(frame):
+            out.update(schema.get("properties", {}))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# the loader
+
+class _Loader:
+    """One file's load: holds its text (for snippets) and the YAML node behind every data path."""
+
+    def __init__(self, filename: str, text: str | bytes):
+        self.file = filename
+        self.raw = text
+        self.lines: list[str] = []
+        self.nodes: dict[tuple, Node] = {}       # data path -> value node
+        self.key_nodes: dict[tuple, Node] = {}   # data path -> the key node that introduced it
+        self.count = 0
+        self.constructor = yaml.constructor.SafeConstructor()
+
+    # -- errors ----------------------------------------------------------------------------
+
+    def error(self, line: int, column: int, message: str, hint: str) -> ScenarioError:
+        return ScenarioError(message, hint, file=self.file, line=line, column=column,
+                             snippet=_snippet(self.lines, line))
+
+    def node_error(self, node: Node, message: str, hint: str) -> ScenarioError:
+        return self.error(node.start_mark.line + 1, node.start_mark.column + 1, message, hint)
+
+    def mark(self, path: tuple, key: bool = False) -> Mark:
+        """Where `path` was written (its key with key=True); falls back to the closest parent."""
+        if key and path in self.key_nodes:
+            m = self.key_nodes[path].start_mark
+            return Mark(self.file, m.line + 1, m.column + 1)
+        for n in range(len(path), -1, -1):
+            if path[:n] in self.nodes:
+                m = self.nodes[path[:n]].start_mark
+                return Mark(self.file, m.line + 1, m.column + 1)
+        return Mark(self.file, 1, 1)
+
+    def at(self, path: tuple, message: str, hint: str, key: bool = False) -> ScenarioError:
+        m = self.mark(path, key)
+        return self.error(m.line, m.column, message, hint)
+
+    # -- text and YAML ---------------------------------------------------------------------
+
+    def load(self) -> list[Scenario]:
+        text = self.decode()
+        self.lines = _split_lines(text)
+        root = self.compose(text)
+        if root is None:
+            raise self.error(1, 1, "the file is empty",
+                             f"a scenario needs at least `guards:` and `steps:`; see {_DOC}")
+        data = self.build(root, (), 0, set())
+        self.validate(data)
+        return _Semantics(self, data).scenarios()
+
+    def decode(self) -> str:
+        if isinstance(self.raw, str):
+            return self.raw
+        try:
+            return self.raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            good = self.raw[:e.start].decode("utf-8")
+            line = len(_LINE_BREAK.findall(good)) + 1
+            column = len(_LINE_BREAK.split(good)[-1]) + 1
+            self.lines = _split_lines(self.raw.decode("utf-8", errors="replace"))
+            raise self.error(line, column, f"the file is not valid UTF-8 (byte 0x{self.raw[e.start]:02x})",
+                             "save the file as UTF-8") from None
+
+    def compose(self, text: str) -> Node | None:
+        """The YAML node tree; nesting is checked on the event stream first (compose recurses)."""
+        try:
+            depth = 0
+            for event in yaml.parse(text, Loader=yaml.SafeLoader):
+                if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+                    depth += 1
+                    if depth > MAX_DEPTH:
+                        m = event.start_mark
+                        raise self.error(m.line + 1, m.column + 1, f"nesting deeper than {MAX_DEPTH} levels",
+                                         "scenarios are shallow; look for runaway brackets or indentation")
+                elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+                    depth -= 1
+            return yaml.compose(text, Loader=yaml.SafeLoader)
+        except yaml.MarkedYAMLError as e:
+            raise self.yaml_error(e) from None
+        except yaml.reader.ReaderError as e:
+            before = text[:e.position]
+            line, column = len(_LINE_BREAK.findall(before)) + 1, len(_LINE_BREAK.split(before)[-1]) + 1
+            raise self.error(line, column, f"the file contains a character YAML does not allow ({e.character!r})",
+                             "remove control characters; the file must be printable UTF-8 text") from None
+        except yaml.YAMLError as e:
+            raise self.error(1, 1, f"invalid YAML: {e}", f"check the file's syntax; see {_DOC}") from None
+
+    def yaml_error(self, e: yaml.MarkedYAMLError) -> ScenarioError:
+        """A PyYAML error at its problem mark, with a hint for the usual causes."""
+        mark = e.problem_mark or e.context_mark
+        line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        problem = e.problem or e.context or "syntax error"
+        said = f"{e.context or ''} {problem}"
+        source = self.lines[line - 1] if line <= len(self.lines) else ""
+        message = f"invalid YAML: {problem}"
+        if "found another document" in problem:
+            message = "the file holds more than one YAML document"
+            hint = "remove the `---` line; several scenarios go in one file under `scenarios:`"
+        elif "\t" in problem or "\\t" in problem:
+            hint = "indent with spaces: YAML does not allow tabs"
+        elif re.search(r":\s+[<>]", source):
+            hint = 'quote values that start with > or <, e.g. libvirt: ">=9.0.0"'
+        elif "mapping values are not allowed" in problem:
+            hint = "a value containing ': ' needs quotes, or the indentation is off on this line or the one above"
+        elif "duplicate anchor" in said:
+            message = f"invalid YAML: {(e.context or '').split(';')[0]}"
+            hint = "an &anchor name can be defined once: rename this one"
+        elif "undefined alias" in said:
+            hint = "define the &anchor before any *alias that uses it"
+        else:
+            hint = "check the indentation (spaces only) and quoting here"
+        if e.context and e.context_mark and e.context_mark is not mark:
+            hint += f" ({e.context} at line {e.context_mark.line + 1})"
+        return self.error(line, column, message, hint)
+
+    def build(self, node: Node, path: tuple, depth: int, stack: set[int]) -> Any:
+        """Plain data from a node, recording the node per path; rejects what JSON cannot hold."""
+        self.count += 1
+        if self.count > MAX_NODES:   # blame the top-level key whose value explodes, not the anchor deep inside
+            raise self.node_error(self.key_nodes.get(path[:1], node),
+                                  f"the file expands to more than {MAX_NODES} values",
+                                  "YAML aliases (*name) are multiplying; scenarios need no more than a few hundred")
+        if depth > MAX_DEPTH:
+            raise self.node_error(node, f"nesting deeper than {MAX_DEPTH} levels (through YAML aliases)",
+                                  "scenarios are shallow; look for aliases (*name) that nest each other")
+        self.nodes[path] = node
+        if isinstance(node, ScalarNode):
+            return self.scalar(node)
+        if id(node) in stack:
+            raise self.node_error(node, "a YAML alias refers to a value that contains it",
+                                  "recursive aliases have no finite value; copy the part you need instead")
+        stack.add(id(node))
+        try:
+            if isinstance(node, SequenceNode):
+                self.check_tag(node, _SEQ_TAG)
+                return [self.build(child, path + (i,), depth + 1, stack) for i, child in enumerate(node.value)]
+            self.check_tag(node, _MAP_TAG)
+            out = {}
+            for key, (key_node, value_node) in self.pairs(node, stack).items():
+                self.key_nodes[path + (key,)] = key_node
+                out[key] = self.build(value_node, path + (key,), depth + 1, stack)
+            return out
+        finally:
+            stack.discard(id(node))
+
+    def check_tag(self, node: Node, expected: str) -> None:
+        if node.tag != expected:
+            raise self.node_error(node, f"unsupported YAML tag '{node.tag}'",
+                                  "scenarios use plain mappings, lists and scalars; remove the tag")
+
+    def pairs(self, node: MappingNode, stack: set[int]) -> dict[str, tuple[Node, Node]]:
+        """A mapping's key -> (key node, value node), with `<<` merges applied and duplicates refused.
+
+        PyYAML silently keeps the last of two equal keys; here that is an error, since a
+        duplicated step key or device usually means a lost edit.
+        """
+        merged: dict[str, tuple[Node, Node]] = {}
+        own: dict[str, tuple[Node, Node]] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == _MERGE_TAG:
+                sources = value_node.value if isinstance(value_node, SequenceNode) else [value_node]
+                for src in reversed(sources):   # earlier merge sources win
+                    if not isinstance(src, MappingNode):
+                        raise self.node_error(src, "a `<<` merge needs a mapping (or a list of mappings)",
+                                              "merge an anchored mapping, e.g. `<<: *base`")
+                    if id(src) in stack:
+                        raise self.node_error(src, "a YAML merge refers to the mapping that contains it",
+                                              "recursive merges have no finite value")
+                    stack.add(id(src))
+                    merged.update(self.pairs(src, stack))
+                    stack.discard(id(src))
+                continue
+            key = self.key(key_node)
+            if key in own:
+                first = own[key][0].start_mark
+                raise self.node_error(key_node, f"duplicate key '{key}'",
+                                      f"'{key}' is already set at line {first.line + 1}; YAML would silently keep "
+                                      "only the last one: remove or rename one of them")
+            own[key] = (key_node, value_node)
+        return merged | own
+
+    def key(self, node: Node) -> str:
+        if not isinstance(node, ScalarNode):
+            raise self.node_error(node, "a mapping key must be a plain name, not a list or mapping",
+                                  "check the indentation and the brackets")
+        value = self.scalar(node)
+        if not isinstance(value, str):
+            raise self.node_error(node, f"key '{node.value}' is read as {_type_name(value)}, not a name",
+                                  f"quote it (\"{node.value}\") if it is meant as text")
+        return value
+
+    def scalar(self, node: ScalarNode) -> Any:
+        if node.tag not in _SCALAR_TAGS:
+            raise self.node_error(node, f"unsupported YAML tag '{node.tag}' on {_short(node.value)}",
+                                  "remove the tag, or quote the value if it is meant as text")
+        try:
+            return self.constructor.construct_object(node)
+        except Exception as e:   # PyYAML's scalar constructors raise ValueError, KeyError, ... on bad input
+            raise self.node_error(node, f"cannot read '{node.value}' as {node.tag.rsplit(':', 1)[-1]}: {e}",
+                                  "quote the value if it is meant as text") from None
+
+    # -- schema ----------------------------------------------------------------------------
+
+    def validate(self, data: Any) -> None:
+        """Report the schema error that comes first in the file, preferring the most telling one."""
+        errors = list(_validator().iter_errors(data))
+        if not errors:
+            return
+        unknown_at = {tuple(e.absolute_path) for e in errors if e.validator == "additionalProperties"}
+        reports = []
+        for e in errors:
+            path = tuple(e.absolute_path)
+            if e.validator in ("required", "oneOf") and path in unknown_at:
+                continue   # an unknown key is most likely the misspelt required/action key
+            mark, message, hint = self.describe(e, path, data)
+            rank = 0 if e.validator in ("additionalProperties", "propertyNames") else 2 if e.validator in (
+                "required", "oneOf") else 1
+            reports.append(((mark.line, mark.column, rank), mark, message, hint))
+        _, mark, message, hint = min(reports, key=lambda r: r[0])
+        raise self.error(mark.line, mark.column, message, hint)
+
+    def describe(self, e: jsonschema.ValidationError, path: tuple, data: Any) -> tuple[Mark, str, str]:
+        frames = _frames(e.absolute_schema_path)
+        described = _descriptions(frames) or f"see {_DOC}"
+        label = _label(path, data)
+        where = f"in {label}" if label else "at top level"
+        subject = label or "the top level"
+        v, inst = e.validator, e.instance
+        if v == "additionalProperties":
+            allowed = list(_properties(frames))
+            extra = sorted((k for k in inst if k not in allowed), key=lambda k: self.mark(path + (k,), key=True).line)
+            is_step = "start" in allowed and not any(k in inst for k in actions())
+            noun = "step action" if is_step else "key"
+            return (self.mark(path + (extra[0],), key=True), f"unknown {noun} '{extra[0]}' {where}",
+                    _did_you_mean(extra[0], allowed) + f"allowed: {', '.join(allowed)}")
+        if v == "propertyNames":
+            return (self.mark(path + (inst,), key=True), f"invalid name '{inst}' {where}", described)
+        if v == "required":
+            missing = next(k for k in e.validator_value if k not in inst)
+            hint = _descriptions(_deref(_properties(frames).get(missing))) or described
+            return self.mark(path), f"missing key '{missing}' {where}", hint
+        if v == "oneOf" and all(set(b) == {"required"} for b in e.validator_value):
+            return self.exactly_one(e, path, subject)
+        if v == "type":
+            expected = e.validator_value if isinstance(e.validator_value, list) else [e.validator_value]
+            want = " or ".join(_JSON_TYPES.get(t, t) for t in expected)
+            got = _type_name(inst)
+            if isinstance(inst, str) and inst in actions() and path and isinstance(path[-1], int):
+                described = f"write `- {inst}:` with a colon; {described}"
+            return self.mark(path), f"{subject}: expected {want}, got {got}", described
+        if v in ("enum", "const"):
+            allowed = e.validator_value if v == "enum" else [e.validator_value]
+            shown = [str(a) for a in allowed]
+            return (self.mark(path), f"{subject}: {_short(inst)} is not allowed",
+                    _did_you_mean(str(inst), shown) + f"allowed: {', '.join(shown)}")
+        if v == "pattern":
+            return self.mark(path), f"{subject}: {_short(inst)} is not valid", described
+        if v in ("minItems", "minLength"):
+            return self.mark(path), f"{subject} is empty", described
+        if v in ("minimum", "exclusiveMinimum"):
+            bound = ">=" if v == "minimum" else ">"
+            return (self.mark(path), f"{subject}: {_short(inst)} is too small (must be {bound} {e.validator_value})",
+                    described)
+        if v == "uniqueItems":
+            dup = next(i for i, x in enumerate(inst) if x in inst[:i])
+            return (self.mark(path + (dup,)), f"{subject}: {_short(inst[dup])} is listed twice",
+                    "remove the repeated entry")
+        return self.mark(path), f"{subject}: {e.message}", described
+
+    def exactly_one(self, e: jsonschema.ValidationError, path: tuple, subject: str) -> tuple[Mark, str, str]:
+        """The one-key choice of a step (its action) or a device (interface, hostdev or xml)."""
+        choices = [b["required"][0] for b in e.validator_value]
+        noun = "action" if "start" in choices else "device kind"
+        present = [k for k in choices if k in e.instance] if isinstance(e.instance, dict) else []
+        if not present:
+            return (self.mark(path), f"{subject} has no {noun}",
+                    f"use exactly one of: {', '.join(choices)}")
+        keys = ", ".join(f"'{k}'" for k in present)
+        return (self.mark(path + (present[1],), key=True), f"{subject} has {len(present)} {noun}s: {keys}",
+                "a step does exactly one thing: split it into separate steps" if noun == "action"
+                else "a device entry is exactly one of interface, hostdev or xml: split it into separate entries")
+
+
+# ---------------------------------------------------------------------------------------------
+# semantic checks and model building
+
+class _Semantics:
+    """Cross-references the schema cannot express, then the model objects.
+
+    Every problem found is collected; the one earliest in the file is raised, so fixing errors
+    top to bottom never jumps around.
+    """
+
+    def __init__(self, loader: _Loader, data: dict):
+        self.ld = loader
+        self.data = data
+        self.problems: list[ScenarioError] = []
+
+    def problem(self, path: tuple, message: str, hint: str, key: bool = False) -> None:
+        self.problems.append(self.ld.at(path, message, hint, key))
+
+    def raise_first(self) -> None:
+        if self.problems:
+            raise min(self.problems, key=lambda p: (p.line, p.column))
+
+    # -- per file --------------------------------------------------------------------------
+
+    def scenarios(self) -> list[Scenario]:
+        if "scenarios" in self.data:
+            parts = [self.sections(("scenarios", i), sc) for i, sc in enumerate(self.data["scenarios"])]
+            self.check_names(parts)
+        else:
+            parts = [self.sections((), self.data)]
+            stem = Path(self.ld.file).stem
+            if "name" not in self.data and not _NAME.fullmatch(stem):
+                self.problem((), f"the scenario is named after the file stem '{stem}', which is not a valid name",
+                             "rename the file (lowercase letters, digits and '-') or add `name: ...`")
+        for part in parts:
+            self.check(part)
+        self.raise_first()
+        return [self.scenario(part) for part in parts]
+
+    def sections(self, base: tuple, sc: dict) -> dict[str, tuple]:
+        """Where each part of this scenario lives: its own key, else the file's shared one."""
+        out = {"base": base}
+        for key in ("devices", "networks", "domain"):
+            if key in sc:
+                out[key] = base + (key,)
+            elif base and key in self.data:
+                out[key] = (key,)
+        return out
+
+    def get(self, path: tuple | None, default: Any = None) -> Any:
+        if path is None:
+            return default
+        node = self.data
+        for p in path:
+            node = node[p]
+        return node
+
+    def check_names(self, parts: list[dict]) -> None:
+        first: dict[str, tuple] = {}
+        for part in parts:
+            path = part["base"] + ("name",)
+            name = self.get(path)
+            if name in first:
+                line = self.ld.mark(first[name]).line
+                self.problem(path, f"duplicate scenario name '{name}'",
+                             f"'{name}' is already used at line {line}; names are test ids and must be unique")
+            first.setdefault(name, path)
+
+    # -- per scenario ----------------------------------------------------------------------
+
+    def check(self, part: dict) -> None:
+        """One scenario's references; sets the per-scenario lookups the check_* methods use."""
+        self.devices = self.get(part.get("devices"), {})
+        self.networks = self.get(part.get("networks"), {})
+        for sym, net in self.networks.items():
+            self.check_network(sym, net, part["networks"] + (sym,))
+        steps_path = part["base"] + ("steps",)
+        dom_path = part.get("domain")
+        domain = self.get(dom_path, {})
+        at_start = [(dev, dom_path + ("devices", i)) for i, dev in enumerate(domain.get("devices", []))]
+        attached = [(step["attach"], p + ("attach",)) for step, p in _walk_steps(self.get(steps_path), steps_path)
+                    if "attach" in step]
+        self.ids: dict[str, tuple] = {}    # device id -> path of its definition
+        for dev, path in at_start + attached:
+            self.check_device(dev, path)
+        self.known = self.placeholder_names()
+        if "xml" in domain:
+            for key in domain:
+                if key not in _DOMAIN_XML_COMPATIBLE:
+                    self.problem(dom_path + (key,), f"domain '{key}' has no effect next to domain.xml",
+                                 "raw domain XML replaces type, machine, memory_mib, vcpus, root_ports and "
+                                 "devices: put them into the XML, or drop `xml`", key=True)
+            self.check_placeholders(domain["xml"], dom_path + ("xml",))
+        for dev, path in at_start + attached:
+            if "xml" in dev:
+                self.check_placeholders(dev["xml"], path + ("xml",))
+        self.defined = {_device_id(dev) for dev, _ in at_start}   # grows as check_steps walks the attaches
+        self.check_steps(self.get(steps_path), steps_path)
+
+    def check_network(self, sym: str, net: dict, path: tuple) -> None:
+        if net["forward"] != "hostdev":
+            for key in ("vfs", "pf"):
+                if key in net:
+                    self.problem(path + (key,), f"network '{sym}': '{key}' only applies to forward: hostdev",
+                                 f"set `forward: hostdev` or remove '{key}'", key=True)
+            return
+        if ("vfs" in net) == ("pf" in net):
+            self.problem(path, f"hostdev network '{sym}' needs exactly one of `vfs` and `pf`",
+                         "a VF pool is either `vfs: [vf1, vf2]` (listed VFs) or `pf: pf1` (a whole PF)")
+        if "pf" in net:
+            self.ref_device(net["pf"], path + ("pf",), ("pf",), f"network '{sym}' pf",
+                            "a pool by PF needs a `kind: pf` device (its VFs are leased with it)")
+        for i, vf in enumerate(net.get("vfs", [])):
+            self.ref_device(vf, path + ("vfs", i), ("vf",), f"network '{sym}' vfs",
+                            "a hostdev pool lists `kind: vf` devices; for a whole PF use `pf:`")
+
+    def ref_device(self, sym: str, path: tuple, kinds: tuple[str, ...], what: str, why: str) -> None:
+        """`sym` must be a host device under `devices:` of one of `kinds`; `why` explains the kinds."""
+        if sym not in self.devices:
+            self.problem(path, f"{what}: undefined device '{sym}'",
+                         _did_you_mean(sym, list(self.devices)) + "host devices defined under `devices:`: "
+                         f"{', '.join(self.devices) or 'none'}; add e.g. `devices: {{{sym}: {{kind: {kinds[0]}}}}}`")
+        elif self.devices[sym]["kind"] not in kinds:
+            self.problem(path, f"{what}: device '{sym}' is kind {self.devices[sym]['kind']}, "
+                         f"needs {' or '.join(kinds)}", why)
+
+    def check_device(self, dev: dict, path: tuple) -> None:
+        if "xml" in dev:
+            kind, spec, id_path = "xml", dev, path + ("id",)
+        else:
+            kind = "interface" if "interface" in dev else "hostdev"
+            spec, id_path = dev[kind], path + (kind, "id")
+            if "id" in dev:
+                self.problem(path + ("id",), f"'id' belongs inside the {kind} mapping",
+                             f"write `{kind}: {{id: {dev['id']}, ...}}`", key=True)
+        dev_id = spec["id"]
+        if dev_id in self.ids:
+            line = self.ld.mark(self.ids[dev_id]).line
+            self.problem(id_path, f"duplicate device id '{dev_id}'",
+                         f"'{dev_id}' is already defined at line {line}; ids name one device for the whole "
+                         "scenario (including every attach and repeat): pick another id")
+        self.ids.setdefault(dev_id, id_path)
+        if kind == "hostdev":
+            self.ref_device(spec["device"], path + ("hostdev", "device"), ("vf", "e1000e"), f"hostdev '{dev_id}'",
+                            "a plain hostdev passes through a `kind: vf` or `kind: e1000e` device; "
+                            "PFs are only leased for network pools")
+        elif kind == "interface":
+            itype = spec["type"]
+            for key, types in _INTERFACE_KEY_TYPES.items():
+                if key in spec and itype not in types:
+                    self.problem(path + ("interface", key), f"'{key}' does not apply to a type {itype} interface",
+                                 f"'{key}' is for type {' or '.join(types)}: remove it or change the type", key=True)
+            if itype == "hostdev":
+                self.ref_device(spec["device"], path + ("interface", "device"), ("vf",),
+                                f"interface '{dev_id}'",
+                                "an <interface type='hostdev'> passes through an SR-IOV VF: use a `kind: vf` device "
+                                "(an e1000e goes in as a plain `hostdev: {id, device}`)")
+            elif itype == "network":
+                self.ref_network(spec["network"], path + ("interface", "network"), f"interface '{dev_id}'")
+
+    def ref_network(self, sym: str, path: tuple, what: str) -> None:
+        if sym not in self.networks:
+            defined = ", ".join(self.networks) or "none"
+            self.problem(path, f"{what}: undefined network '{sym}'",
+                         _did_you_mean(sym, list(self.networks)) + f"networks defined under `networks:`: {defined}; "
+                         f"add e.g. `networks: {{{sym}: {{forward: nat}}}}`")
+
+    def ref_id(self, dev_id: str, path: tuple, what: str, key: bool = False) -> None:
+        """An id must be defined by the domain or by an attach at or before this step."""
+        if dev_id in self.defined:
+            return
+        if dev_id in self.ids:
+            line = self.ld.mark(self.ids[dev_id]).line
+            self.problem(path, f"{what}: device '{dev_id}' is used before it is defined (line {line})",
+                         "steps run in order: attach the device first", key)
+            return
+        known = sorted(self.ids)
+        self.problem(path, f"{what}: undefined device id '{dev_id}'",
+                     _did_you_mean(dev_id, known) + f"ids come from domain.devices and attach steps; "
+                     f"defined: {', '.join(known) or 'none'}", key)
+
+    def check_steps(self, steps: list[dict], path: tuple) -> None:
+        for i, step in enumerate(steps):
+            spath = path + (i,)
+            action = next(k for k in step if k in actions())
+            label = _label(spath, self.data)
+            if "flags" in step and action not in _FLAGGED_ACTIONS:
+                self.problem(spath + ("flags",), f"{label}: 'flags' does not apply to {action}",
+                             f"flags apply to {', '.join(_FLAGGED_ACTIONS)}: remove it", key=True)
+            arg = step[action]
+            if action == "attach":
+                self.defined.add(_device_id(arg))
+            elif action in ("detach", "wait-removed"):
+                self.ref_id(arg, spath + (action,), f"{label} {action}")
+            elif action == "update":
+                self.ref_id(arg["id"], spath + ("update", "id"), f"{label} update")
+            elif action.startswith("network-"):
+                self.ref_network(arg, spath + (action,), f"{label} {action}")
+            elif action == "repeat":
+                self.check_steps(arg["steps"], spath + ("repeat", "steps"))
+                self.check_repeat(arg["steps"], spath + ("repeat", "steps"))
+            self.check_expect(step.get("expect", {}), spath + ("expect",), label)
+
+    def check_repeat(self, body: list[dict], path: tuple) -> None:
+        walked = list(_walk_steps(body, path))
+        detached = {s["detach"] for s, _ in walked if "detach" in s}
+        for s, p in walked:
+            if "attach" in s and _device_id(s["attach"]) not in detached:
+                dev_id = _device_id(s["attach"])
+                self.problem(p + ("attach",), f"device '{dev_id}' is attached inside a repeat but not detached there",
+                             "the next round would attach it again: add `- detach: " + dev_id + "` inside the repeat")
+
+    def check_expect(self, expect: dict, path: tuple, label: str) -> None:
+        for dev_id in expect.get("aliases", {}):
+            self.ref_id(dev_id, path + ("aliases", dev_id), f"{label} expect.aliases", key=True)
+        for i, dev_id in enumerate(expect.get("changes", [])):
+            self.ref_id(dev_id, path + ("changes", i), f"{label} expect.changes")
+        err = expect.get("error", "")
+        if err.startswith("re:"):
+            try:
+                re.compile(err[3:])
+            except re.error as e:
+                self.problem(path + ("error",), f"{label} expect.error: bad regular expression: {e}",
+                             "fix the regex after `re:`, or drop `re:` to match plain text")
+
+    # -- placeholders in raw XML -----------------------------------------------------------
+
+    def placeholder_names(self) -> dict[str, set[str]]:
+        known: dict[str, set[str]] = {"guest": {"kernel", "initrd"}}
+        for sym in self.devices:
+            known.setdefault(sym, set()).update(_DEVICE_ATTRS)
+        for sym in self.networks:
+            known.setdefault(sym, set()).add("name")
+        for dev_id in self.ids:
+            known.setdefault(dev_id, set()).add("mac")
+        return known
+
+    def check_placeholders(self, text: str, path: tuple) -> None:
+        for m in _PLACEHOLDER.finditer(text):
+            inner = m.group(1)
+            if inner is None:
+                continue   # {{ or }}
+            key = _PLACEHOLDER_KEY.fullmatch(inner)
+            where = self.text_mark(path, text, m.start())
+            if not key:
+                self.problems.append(self.ld.error(
+                    where.line, where.column, f"'{m.group(0)}' in raw XML is not a placeholder",
+                    "placeholders look like {vf1.address}, {lan.name}, {n1.mac}; write {{ and }} for literal braces"))
+                continue
+            sym, attr = key.groups()
+            if sym not in self.known:
+                self.problems.append(self.ld.error(
+                    where.line, where.column, f"unknown name '{sym}' in placeholder {m.group(0)}",
+                    _did_you_mean(sym, list(self.known)) + f"known: {', '.join(sorted(self.known))} "
+                    "(host devices, networks, device ids, guest)"))
+            elif attr not in self.known[sym]:
+                self.problems.append(self.ld.error(
+                    where.line, where.column, f"'{sym}' has no '{attr}' (placeholder {m.group(0)})",
+                    _did_you_mean(attr, sorted(self.known[sym]))
+                    + f"{sym} offers: {', '.join(sorted(self.known[sym]))}"))
+
+    def text_mark(self, path: tuple, text: str, offset: int) -> Mark:
+        """The line and column of text[offset] inside a YAML string, where the style allows knowing it."""
+        node = self.ld.nodes[path]
+        start = node.start_mark
+        before = text[:offset]
+        if node.style == "|":
+            line = start.line + 2 + before.count("\n")
+            content = text.split("\n")[before.count("\n")]
+            source = self.ld.lines[line - 1] if line <= len(self.ld.lines) else content
+            col = len(source) - len(content) + len(before.rsplit("\n", 1)[-1]) + 1
+            return Mark(self.ld.file, line, max(col, 1))
+        if node.style in (None, "'", '"') and "\n" not in text and start.line == node.end_mark.line:
+            return Mark(self.ld.file, start.line + 1, start.column + 1 + (node.style is not None) + offset)
+        return Mark(self.ld.file, start.line + 1, start.column + 1)
+
+    # -- model -----------------------------------------------------------------------------
+
+    def scenario(self, part: dict) -> Scenario:
+        base = part["base"]
+        sc = self.get(base)
+        devices = self.get(part.get("devices"), {})
+        networks = self.get(part.get("networks"), {})
+        return Scenario(
+            name=sc.get("name") or Path(self.ld.file).stem,
+            file=self.ld.file,
+            guards=sc["guards"],
+            tags=list(sc.get("tags", [])),
+            requires=copy.deepcopy(sc.get("requires", {})),
+            devices={sym: HostDevice(sym, d["kind"], self.ld.mark(part["devices"] + (sym,), key=True))
+                     for sym, d in devices.items()},
+            networks={sym: Network(sym, n["forward"], list(n.get("vfs", [])), n.get("pf"), n.get("create", True),
+                                   self.ld.mark(part["networks"] + (sym,), key=True))
+                      for sym, n in networks.items()},
+            domain=self.domain(part.get("domain")),
+            steps=[self.step(s, base + ("steps", i)) for i, s in enumerate(sc["steps"])],
+            mark=self.ld.mark(base),
+        )
+
+    def domain(self, path: tuple | None) -> Domain:
+        if path is None:
+            return Domain()
+        d = self.get(path)
+        return Domain(type=d.get("type", "auto"), machine=d.get("machine", "q35"),
+                      memory_mib=int(d.get("memory_mib", 128)), vcpus=int(d.get("vcpus", 1)),
+                      guest=d.get("guest", False), root_ports=int(d.get("root_ports", 8)),
+                      devices=[self.device(dev, path + ("devices", i)) for i, dev in enumerate(d.get("devices", []))],
+                      xml=d.get("xml"), mark=self.ld.mark(path))
+
+    def device(self, dev: dict, path: tuple) -> Device:
+        mark = self.ld.mark(path)
+        if "xml" in dev:
+            return Device(dev["id"], "xml", {"xml": dev["xml"]}, mark)
+        kind = "interface" if "interface" in dev else "hostdev"
+        return Device(dev[kind]["id"], kind, copy.deepcopy(dev[kind]), mark)
+
+    def step(self, d: dict, path: tuple) -> Step:
+        action = next(k for k in d if k in actions())
+        arg = d[action]
+        step = Step(action=action, flags=d.get("flags", "live"), expect=copy.deepcopy(d.get("expect", {})),
+                    name=d.get("name"), timeout=float(d["timeout"]) if "timeout" in d else None,
+                    mark=self.ld.mark(path))
+        if action == "attach":
+            step.arg = self.device(arg, path + ("attach",))
+        elif action == "update":
+            step.arg = dict(arg)
+        elif action == "repeat":
+            step.times = int(arg["times"])
+            step.steps = [self.step(s, path + ("repeat", "steps", i)) for i, s in enumerate(arg["steps"])]
+        else:
+            step.arg = arg
+        return step
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+
+_JSON_TYPES = {"object": "a mapping", "array": "a list", "string": "a string", "integer": "an integer",
+               "number": "a number", "boolean": "true or false", "null": "nothing (an empty value)"}
+
+
+def _type_name(value: Any) -> str:
+    if value is None:
+        return "an empty value"
+    if isinstance(value, bool):
+        return f"a boolean ({str(value).lower()})"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, str):
+        return f"a string ({_short(value)})"
+    if isinstance(value, int):
+        return f"an integer ({value})"
+    if isinstance(value, float):
+        return f"a number ({value})"
+    if isinstance(value, bytes):
+        return "binary data"
+    return f"a {type(value).__name__} ({value})"   # YAML dates and times
+
+
+def _short(value: Any) -> str:
+    text = repr(value) if not isinstance(value, str) else f"'{value}'"
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _did_you_mean(word: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return f"did you mean '{close[0]}'? " if close else ""
+
+
+def _label(path: tuple, data: Any) -> str:
+    """A person's name for a data path: "scenario 'x' step 3.1 attach.interface"."""
+    words = []
+    rest = list(path)
+    if rest[:1] == ["scenarios"] and len(rest) >= 2 and isinstance(rest[1], int):
+        sc = data["scenarios"][rest[1]] if isinstance(data, dict) else None
+        name = sc.get("name") if isinstance(sc, dict) else None
+        words.append(f"scenario '{name}'" if isinstance(name, str) else f"scenario {rest[1] + 1}")
+        rest = rest[2:]
+    numbers = []
+    while len(rest) >= 2 and rest[0] == "steps" and isinstance(rest[1], int):
+        numbers.append(str(rest[1] + 1))
+        rest = rest[2:]
+        if rest[:2] == ["repeat", "steps"]:
+            rest = rest[1:]
+    if numbers:
+        words.append("step " + ".".join(numbers))
+    if rest[:2] == ["domain", "devices"] and len(rest) >= 3:
+        words.append(f"domain device {rest[2] + 1}")
+        rest = rest[3:]
+    if rest:
+        words.append("".join(f"#{p + 1}" if isinstance(p, int) else f".{p}" for p in rest).lstrip("."))
+    return " ".join(words)
+
+
+def _device_id(dev: dict) -> str:
+    return dev["id"] if "xml" in dev else (dev.get("interface") or dev["hostdev"])["id"]
+
+
+def _walk_steps(steps: list[dict], path: tuple) -> Iterable[tuple[dict, tuple]]:
+    """Every step with its path, repeat bodies included, in file order."""
+    for i, step in enumerate(steps):
+        yield step, path + (i,)
+        if "repeat" in step:
+            yield from _walk_steps(step["repeat"]["steps"], path + (i, "repeat", "steps"))
+
+
+def _split_lines(text: str) -> list[str]:
+    """Lines as PyYAML counts them (its marks must agree with our snippets)."""
+    lines = _LINE_BREAK.split(text)
+    return lines[:-1] if len(lines) > 1 and lines[-1] == "" else lines
+
+
+def _snippet(lines: list[str], line: int) -> str | None:
+    """Three numbered lines around `line`, the offending one marked with '>'."""
+    if not lines:
+        return None
+    numbers = [n for n in (line - 1, line, line + 1) if 1 <= n <= len(lines)] or [len(lines)]
+    width = len(str(numbers[-1]))
+    out = []
+    for n in numbers:
+        text = lines[n - 1]
+        text = text if len(text) <= 160 else text[:157] + "..."
+        out.append(f"  {'>' if n == line else ' '} {n:>{width}} | {text}".rstrip())
+    return "\n".join(out)
+
+
+def _snippet_from_file(path: str, line: int) -> str | None:
+    try:
+        text = Path(path).read_bytes().decode("utf-8", errors="replace")
+    except OSError:
+        return None
+    return _snippet(_split_lines(text), line)
