@@ -131,7 +131,6 @@ def build_box(img: Image, force: bool = False) -> Path:
         t0 = time.monotonic()
         work = Path(str(d) + ".tmp")
         shutil.rmtree(work, ignore_errors=True)
-        shutil.rmtree(d, ignore_errors=True)
         work.mkdir(parents=True)
         try:
             disk = work / "disk.raw"
@@ -154,12 +153,30 @@ def build_box(img: Image, force: bool = False) -> Path:
                 "file": out.name, "virtual_size_gib": virtual_gib,
                 "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "build_seconds": round(time.monotonic() - t0, 1)}, indent=2) + "\n")
+            shutil.rmtree(d, ignore_errors=True)      # only now: a failed rebuild keeps the old box
             work.rename(d)
         except BaseException:
             shutil.rmtree(work, ignore_errors=True)
             raise
         say(f"vagrant box {box_name(img)}: built in {time.monotonic() - t0:.0f} s")
+        _prune(img, keep=d)
         return out
+
+
+def _prune(img: Image, keep: Path) -> None:
+    """Boxes of this image made by an older recipe are never used again: remove them."""
+    for old in img.dir.parent.glob(f"{img.key}-box-*"):
+        if old.is_dir() and old != keep and not old.name.endswith(".tmp"):
+            lock = FileLock(str(old) + ".lock")
+            try:
+                lock.acquire(timeout=0)
+            except Exception:
+                continue              # someone is building or reading it right now
+            try:
+                shutil.rmtree(old, ignore_errors=True)
+            finally:
+                lock.release()
+            Path(str(old) + ".lock").unlink(missing_ok=True)
 
 
 def build_box_for_suite(suite: str = "trixie", force: bool = False) -> Path:

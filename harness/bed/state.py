@@ -86,7 +86,7 @@ class BedInfo:
             f"  HostKeyAlias hx-bed-{self.name}\n"
             "  GlobalKnownHostsFile /dev/null\n  BatchMode yes\n  LogLevel ERROR\n"
             "  ConnectTimeout 10\n  ServerAliveInterval 5\n  ServerAliveCountMax 3\n"
-            f"  ControlMaster auto\n  ControlPath {self.path}/cm-%C\n  ControlPersist 120\n"
+            f"  ControlMaster auto\n  ControlPath {self.path}/cm\n  ControlPersist 120\n"
             # Beds whose SSH port is not reachable from the host directly (the Vagrant bed lives in
             # a network namespace) name a ProxyCommand; the host key stays pinned either way.
             + (f"  ProxyCommand {self.extra['ssh_proxy_command']}\n" if self.extra.get("ssh_proxy_command") else ""))

@@ -85,9 +85,11 @@ def do_destroy(ctx: StepContext) -> None:
 
 
 def do_undefine(ctx: StepContext) -> None:
-    ctx.conn.call(ctx.dom().undefineFlags, libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE)
-    if not ctx.conn.call(ctx.dom().isActive):
-        ctx.runner.dom = None
+    dom = ctx.dom()
+    active = ctx.conn.call(dom.isActive)
+    ctx.conn.call(dom.undefineFlags, libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE)
+    if not active:
+        ctx.runner.dom = None   # gone; a transient running domain stays reachable
 
 
 def do_attach(ctx: StepContext) -> None:
