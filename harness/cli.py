@@ -52,12 +52,17 @@ def cmd_bed_status(args) -> int:
                  "ssh_port": b.ssh_port, "pid": b.pid, "vm": running, "uri": b.uri.split("?")[0], "checks": []}
         if b.via != "qemu" or qemu.alive(b.pid):
             try:
+                probe = b.ssh("true", timeout=30)
+                if probe.returncode != 0:
+                    raise HarnessError(f"SSH to the bed failed: {probe.stderr.strip() or 'exit ' + str(probe.returncode)}")
                 rows = status.checks(b)
                 entry["checks"] = [asdict(r) for r in rows]
+                from harness.libvirt_build.install import installed_build
+                entry["libvirt_build"] = installed_build(b)
                 if not all(r.ok for r in rows):
                     rc = 1
             except Exception as e:   # an unreachable bed is a status, not a crash
-                entry["error"] = str(e).splitlines()[0]
+                entry["error"] = (str(e).splitlines() or [type(e).__name__])[0]
                 rc = 1
         out.append(entry)
     if args.json:
@@ -72,6 +77,10 @@ def cmd_bed_status(args) -> int:
                 print(f"  unreachable: {e['error']}")
             if e["checks"]:
                 print(status.table([status.Check(**c) for c in e["checks"]]))
+            if e.get("libvirt_build"):
+                lb_ = e["libvirt_build"]
+                print(f"  libvirt build: {lb_['id']}" + ("" if lb_["id"] == "stock" else
+                      f" (verified: {lb_['verified']}; domain log: {lb_.get('domain_log_package')})"))
     return rc
 
 
@@ -170,6 +179,22 @@ def cmd_matrix(args) -> int:
     return rc
 
 
+def cmd_libvirt_build(args) -> int:
+    from harness.libvirt_build import cli_build
+    return cli_build(args)
+
+
+def cmd_mutants(args) -> int:
+    from harness.libvirt_build import mutants
+    return mutants.run(suite=args.suite, bed_name=args.bed, k=args.k, debian_version=args.debian_version,
+                       only=args.only, keep_bed=args.keep_bed)
+
+
+def cmd_bisect(args) -> int:
+    from harness.libvirt_build import cli_bisect
+    return cli_bisect(args)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="harness", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -222,6 +247,31 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--suites", default="bookworm,trixie")
     m.add_argument("-k")
     m.set_defaults(fn=cmd_matrix)
+    lv = sub.add_parser("libvirt", help="libvirt built from source for the bed").add_subparsers(dest="lvcmd", required=True)
+    lb = lv.add_parser("build", help="build libvirt (Debian source or a git tree) in a chroot of the suite")
+    lb.add_argument("--suite", default="trixie")
+    lb_src = lb.add_mutually_exclusive_group()
+    lb_src.add_argument("--source", help="a libvirt source tree (git) instead of Debian's source")
+    lb_src.add_argument("--debian-version", help="Debian source version (default: the suite's)")
+    lb.add_argument("--patch", action="append", default=[], help="patch to apply (repeatable)")
+    lb.add_argument("--install", metavar="BED", help="also install the build into this running bed")
+    lb.set_defaults(fn=cmd_libvirt_build)
+    mu = sub.add_parser("mutants", help="build control + each mutants/*.patch, run the catalog on each")
+    mu.add_argument("--suite", default="trixie")
+    mu.add_argument("--bed", help="running bed to use (default: bring up hx-mutants-SUITE)")
+    mu.add_argument("-k", help="pytest -k expression (default: the whole catalog)")
+    mu.add_argument("--debian-version")
+    mu.add_argument("--only", action="append", help="only mutants whose name contains this (repeatable)")
+    mu.add_argument("--keep-bed", action="store_true")
+    mu.set_defaults(fn=cmd_mutants)
+    bi = sub.add_parser("bisect", help="git bisect run: build, install into the bed, run scenarios per step")
+    bi.add_argument("--source", required=True, help="libvirt git tree")
+    bi.add_argument("--good", required=True)
+    bi.add_argument("--bad", required=True)
+    bi.add_argument("-k", help="pytest -k expression selecting the scenarios")
+    bi.add_argument("--suite", default="trixie")
+    bi.add_argument("--bed", help="running bed (default: the suite's)")
+    bi.set_defaults(fn=cmd_bisect)
     return p
 
 

@@ -118,6 +118,7 @@ class ScenarioItem(pytest.Item):
                        "verdict": "error", "duration_s": 0.0, "attempts": 0, "skip_reason": None,
                        "failure": None, "steps": [], "artefacts": str(art_rel)}
         t0 = time.monotonic()
+        lv0 = target.libvirt_seconds
         retries = self.config.getoption("hx_retries")
         try:
             for attempt in range(retries + 1):
@@ -145,6 +146,7 @@ class ScenarioItem(pytest.Item):
                         raise
         finally:
             self.record["duration_s"] = round(time.monotonic() - t0, 3)
+            self.record["libvirt_s"] = round(target.libvirt_seconds - lv0, 3)
             self.record["libvirt_version"] = target.libvirt_version
             hx.save_record(self.record)
 
@@ -309,3 +311,9 @@ class HarnessSession:
             if marker.exists() and marker.read_text() == self.sid:
                 for line in lifecycle.down(bed.name):
                     print(f"harness: bed {bed.name}: {line}")
+
+
+@pytest.fixture(scope="session")
+def hx_target(request):
+    """The session's target (the bed the scenarios use), for the project's own integration tests."""
+    return request.config._hx.target()

@@ -157,12 +157,14 @@ def down(name: str) -> list[str]:
 
 
 def find(name: str | None = None, suite: str | None = None) -> BedInfo:
-    """The running bed to use: by name, else by suite, else the only one up."""
+    """The running bed to use: by name, else the default bed of a suite, else the only one up."""
     beds = [b for b in state_mod.all_beds() if (b.via != "qemu" or qemu.alive(b.pid))]
     if name:
         beds = [b for b in beds if b.name == name]
     elif suite:
-        beds = [b for b in beds if b.suite == suite]
+        beds = [b for b in beds if b.name == default_name(suite)]
+    elif len(beds) > 1:
+        raise HarnessError("several beds are up: " + ", ".join(b.name for b in beds), hint="choose one with --name")
     if not beds:
         raise HarnessError("no bed is up" + (f" (name {name})" if name else f" (suite {suite})" if suite else ""),
                            hint="run 'harness bed up', or pass --libvirt-uri")

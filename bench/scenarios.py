@@ -1,0 +1,66 @@
+"""Benchmark: per-scenario wall time for the whole catalog, and for the seed scenario the ratio of
+the harness's wall time to the time spent inside libvirt calls and bed commands (target <= 1.05).
+Needs a bed that is up (or pass --bed). Writes results/bench/scenarios.json.
+
+    .venv/bin/python bench/scenarios.py [--bed trixie] [--seed-runs 5] [--workers 1]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench._common import env, median, write  # noqa: E402
+from harness import paths  # noqa: E402
+from harness.report import run as report  # noqa: E402
+
+
+def run_catalog(bed: str, k: str | None, workers: int) -> tuple[float, dict]:
+    before = {h["run_dir"] for h in report.read_history(paths.results_dir())}
+    argv = [sys.executable, "-m", "pytest", "scenarios", "-q", "-p", "no:cacheprovider", "--bed", bed, "--no-bed-up"]
+    if k:
+        argv += ["-k", k]
+    if workers > 1:
+        argv += ["-n", str(workers)]
+    t0 = time.monotonic()
+    p = subprocess.run(argv, cwd=paths.REPO, capture_output=True, text=True)
+    wall = time.monotonic() - t0
+    new = [h for h in report.read_history(paths.results_dir()) if h["run_dir"] not in before]
+    if not new:
+        raise SystemExit(f"no run recorded:\n{p.stdout[-2000:]}\n{p.stderr[-2000:]}")
+    summary = json.loads((paths.results_dir() / new[-1]["run_dir"] / "summary.json").read_text())
+    return wall, summary
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bed", default="trixie")
+    ap.add_argument("--seed-runs", type=int, default=5)
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--skip-catalog", action="store_true")
+    a = ap.parse_args()
+    seed = []
+    for _ in range(a.seed_runs):
+        _, s = run_catalog(a.bed, "seed-hostdev-then-hotplug", 1)
+        r = s["scenarios"][0]
+        seed.append({"wall_s": r["duration_s"], "libvirt_s": r["libvirt_s"],
+                     "ratio": round(r["duration_s"] / r["libvirt_s"], 4) if r["libvirt_s"] else None})
+    out = {"env": env(), "seed": {"runs": seed, "median_wall_s": median([x["wall_s"] for x in seed]),
+                                  "median_libvirt_s": median([x["libvirt_s"] for x in seed]),
+                                  "median_ratio": median([x["ratio"] for x in seed if x["ratio"]]),
+                                  "target_ratio": 1.05}}
+    if not a.skip_catalog:
+        wall, s = run_catalog(a.bed, None, a.workers)
+        out["catalog"] = {"workers": a.workers, "wall_s": round(wall, 1), "counts": s["counts"],
+                          "libvirt": s["meta"].get("libvirt"),
+                          "per_scenario_s": {r["scenario"]: r["duration_s"] for r in s["scenarios"]}}
+    write("scenarios", out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+"""The whole catalog against a bookworm bed (libvirt 9.0): the oldest libvirt QA still runs.
+
+The trixie run (libvirt 11.3) is the scenario items of this same pytest session; this test brings a
+bookworm bed up in a child pytest, checks every scenario passed (none skipped), and takes it down.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from harness import paths
+from harness.bed import state
+from harness.report import run as report
+
+pytestmark = [pytest.mark.bed, pytest.mark.slow]
+
+REPO = paths.REPO
+
+
+def run_suite(suite: str, extra: list[str]) -> tuple[subprocess.CompletedProcess, dict]:
+    before = {h["run_dir"] for h in report.read_history(paths.results_dir())}
+    p = subprocess.run([sys.executable, "-m", "pytest", "scenarios", "-q", "-p", "no:cacheprovider", "-rfEs",
+                        "--suite", suite, *extra], cwd=REPO, capture_output=True, text=True, timeout=3600,
+                       env=dict(os.environ, PYTEST_ADDOPTS=""))
+    new = [h for h in report.read_history(paths.results_dir()) if h["run_dir"] not in before]
+    assert new, f"the {suite} run wrote no results:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
+    summary = json.loads((paths.results_dir() / new[-1]["run_dir"] / "summary.json").read_text())
+    return p, summary
+
+
+def test_whole_catalog_passes_on_bookworm_libvirt_9():
+    p, summary = run_suite("bookworm", ["-n", "2"])
+    assert summary["meta"]["libvirt"].startswith("9.0."), summary["meta"]
+    verdicts = {s["scenario"]: s["verdict"] for s in summary["scenarios"]}
+    bad = {k: v for k, v in verdicts.items() if v != "passed"}
+    assert not bad, f"{bad}\n{p.stdout[-4000:]}"
+    assert len(verdicts) >= 20
+    # The child session brought the bookworm bed up, so it took it down again.
+    assert state.load("bookworm") is None
