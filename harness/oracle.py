@@ -58,13 +58,29 @@ class Violation:
         return f"[{self.check}] expected {self.expected}; got {self.actual}"
 
 
+def _pci_num(text: str) -> str:
+    """One PCI address field as libvirt prints it: raw XML may say bus='2' or bus='0x2' where the
+    live XML says bus='0x02' (libvirt reads these numbers like strtoul with base 0)."""
+    t = text.strip()
+    try:
+        if t[:2].lower() == "0x":
+            n = int(t[2:], 16)
+        elif len(t) > 1 and t.startswith("0"):
+            n = int(t[1:], 8)
+        else:
+            n = int(t, 10)
+    except ValueError:
+        return text
+    return f"0x{n:x}"
+
+
 def _key(el: ET.Element, counters: Counter) -> str:
     mac = el.find("mac")
     if el.tag == "interface" and mac is not None:
         return "mac:" + mac.get("address", "").lower()
     addr = el.find("source/address")
     if el.tag == "hostdev" and addr is not None:
-        return "pci:" + ":".join(addr.get(k, "") for k in ("domain", "bus", "slot", "function"))
+        return "pci:" + ":".join(_pci_num(addr.get(k, "")) for k in ("domain", "bus", "slot", "function"))
     base = f"{el.tag}:{el.get('type', '')}:{el.get('model', '')}:{el.get('index', '')}"
     counters[base] += 1
     return f"{base}#{counters[base]}"
@@ -137,8 +153,8 @@ def check(before: Snapshot | None, after: Snapshot, ctx: Context) -> list[Violat
     ua_by_key = {ctx.keys[i]: a for i, a in ctx.user_aliases.items() if i in ctx.keys}
     for xml_text, which in ((after.live_xml, "live"), (after.inactive_xml, "inactive")):
         for d in device_views(xml_text):
-            if which == "inactive" and d.alias is None:
-                continue   # inactive XML only keeps user aliases
+            if which == "inactive" and d.alias is None and d.key not in ua_by_key:
+                continue   # inactive XML only keeps user aliases (so a declared one must be there)
             if d.tag == "interface":
                 msg = aliases.check_interface(d.alias, d.elem, ctx.hostdev_networks, ua_by_key.get(d.key))
             elif d.tag == "hostdev":
@@ -151,8 +167,9 @@ def check(before: Snapshot | None, after: Snapshot, ctx: Context) -> list[Violat
     # 4. libvirt's aliases are QEMU's device ids, and QEMU holds nothing libvirt forgot
     if after.live_xml and after.qemu_ids is not None:
         mine = {d.alias for d in live if d.tag in ("interface", "hostdev") and d.alias}
+        known = {d.alias for d in live if d.alias}   # a ua- id may be a disk's or a controller's
         missing = sorted(mine - after.qemu_ids)
-        extra = sorted(i for i in after.qemu_ids - mine if aliases.is_qemu_device_id(i))
+        extra = sorted(i for i in after.qemu_ids - known if aliases.is_qemu_device_id(i))
         if missing:
             v.append(Violation("qemu-ids", f"QEMU device ids for {missing}", "absent from qom-list /machine/peripheral"))
         if extra:

@@ -280,6 +280,10 @@ class HarnessSession:
         from harness.report import run as report
         run_dir = Path(note.read_text())
         records = [json.loads(p.read_text()) for p in sorted((run_dir / "records").glob("*.json"))]
+        if not records:                # the target was used by tests only, no scenario ran
+            shutil.rmtree(run_dir, ignore_errors=True)
+            shutil.rmtree(self.staging, ignore_errors=True)
+            return
         meta = json.loads((run_dir / "meta.json").read_text())
         meta.update({"run_id": self.sid, "command": " ".join(self.config.invocation_params.args),
                      "harness_version": __import__("harness").__version__,

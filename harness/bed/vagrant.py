@@ -439,7 +439,7 @@ def _forget_machine(bed: BedInfo) -> None:
     idx = vagrant_home() / "data" / "machine-index" / "index"
     if not idx.exists():
         return
-    with FileLock(str(idx) + ".hx.lock"):
+    with FileLock(str(idx.parent / "index.lock")):      # the lock file Vagrant itself flocks
         try:
             data = json.loads(idx.read_text())
         except (OSError, ValueError):

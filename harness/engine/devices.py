@@ -143,14 +143,15 @@ class Leases:
     def lease_index(self, prefix: str, limit: int) -> int:
         """A small integer exclusive to this lease holder (e.g. a NAT network's subnet)."""
         deadline = time.monotonic() + self.wait
-        while time.monotonic() < deadline:
+        while True:   # always try once: with a short (or zero) wait the old loop never looked at a slot
             for i in range(limit):
                 lk = self._try(f"{prefix}-{i}")
                 if lk is not None:
                     self.stack.callback(lk.release)
                     return i
+            if time.monotonic() > deadline:
+                raise HarnessError(f"no free {prefix} slot among {limit} for {self.wait:.0f} s")
             time.sleep(0.5)
-        raise HarnessError(f"no free {prefix} slot among {limit} for {self.wait:.0f} s")
 
     def __enter__(self) -> "Leases":
         return self

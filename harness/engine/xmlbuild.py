@@ -47,9 +47,19 @@ class Resolved:
     salt: str = ""
 
     def mac_for(self, dev_id: str) -> str:
+        """A MAC from (salt, id), never one another device of this run already has: the oracle
+        tells interfaces apart by MAC, and 24 hashed bits do collide now and then."""
         if dev_id not in self.macs:
-            h = hashlib.sha256(f"{self.salt}:{dev_id}".encode()).digest()
-            self.macs[dev_id] = "52:54:00:%02x:%02x:%02x" % (h[0], h[1], h[2])
+            taken = {m.lower() for m in self.macs.values()}
+            n = 0
+            while True:
+                seed = f"{self.salt}:{dev_id}" + (f":{n}" if n else "")
+                h = hashlib.sha256(seed.encode()).digest()
+                mac = "52:54:00:%02x:%02x:%02x" % (h[0], h[1], h[2])
+                if mac not in taken:
+                    break
+                n += 1
+            self.macs[dev_id] = mac
         return self.macs[dev_id]
 
     def placeholders(self) -> dict[str, str]:
@@ -93,9 +103,14 @@ def device_element(dev: Device, r: Resolved) -> ET.Element:
     s = dev.spec
     if dev.kind == "xml":
         try:
-            return ET.fromstring(fill(s["xml"], r, f"device {dev.id}"))
+            el = ET.fromstring(fill(s["xml"], r, f"device {dev.id}"))
         except ET.ParseError as e:
             raise HarnessError(f"device {dev.id}: raw XML does not parse: {e}") from None
+        if el.tag == "interface" and el.find("mac") is None:
+            # libvirt would invent a MAC, and the oracle (which knows interfaces by MAC) would never
+            # find this device again: give it the run's deterministic one.
+            el.insert(0, ET.Element("mac", address=r.mac_for(dev.id)))
+        return el
     if dev.kind == "hostdev":
         el = ET.Element("hostdev", mode="subsystem", type="pci", managed="yes")
         src = _sub(el, "source")
@@ -106,7 +121,9 @@ def device_element(dev: Device, r: Resolved) -> ET.Element:
     el = ET.Element("interface", type=itype)
     if itype == "hostdev":
         el.set("managed", "yes" if s.get("managed", True) else "no")
-    _sub(el, "mac", address=s.get("mac") or r.mac_for(dev.id))
+    if s.get("mac"):
+        r.macs[dev.id] = s["mac"]   # so {id.mac} is the MAC the device really has
+    _sub(el, "mac", address=r.mac_for(dev.id))
     if itype == "hostdev":
         src = _sub(el, "source")
         _sub(src, "address", type="pci", **r.addrs[s["device"]].attrs())
@@ -133,8 +150,14 @@ def device_xml(dev: Device, r: Resolved) -> str:
     return ET.tostring(device_element(dev, r), encoding="unicode")
 
 
+_USB_NET_MODEL = re.compile(r"""<model\s[^>]*\btype\s*=\s*(["'])usb-net\1""")
+
+
 def uses_usb(devices: list[Device]) -> bool:
-    return any(d.kind == "interface" and d.spec.get("model") == "usb-net" for d in devices)
+    """A usb-net NIC anywhere (also pasted as raw XML) needs a USB controller in the domain."""
+    return any((d.kind == "interface" and d.spec.get("model") == "usb-net")
+               or (d.kind == "xml" and _USB_NET_MODEL.search(d.spec.get("xml", "")))
+               for d in devices)
 
 
 def domain_xml(name: str, dom: Domain, r: Resolved, virt_type: str, all_devices: list[Device],

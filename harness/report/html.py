@@ -185,7 +185,7 @@ def _why(rec: dict) -> str:
     if rec["verdict"] == "skipped":
         return e(rec.get("skip_reason"))
     if f:
-        return e(f"step {f.get('step_index')} ({f.get('step')}): {f.get('check')}")
+        return e(f"step {_human(f.get('step_index'))} ({f.get('step')}): {f.get('check')}")
     return ""
 
 
@@ -240,10 +240,10 @@ def _steps(rec: dict, files: list[Path], run_dir: Path) -> str:
     failed_at = (rec.get("failure") or {}).get("step_index")
     rows = []
     for s in rec.get("steps") or []:
-        prefix = f"step-{s.get('index', 0):02d}-"
+        prefix = f"step-{_human(s.get('index', 0)):02d}-"
         links = " ".join(_link(run_dir, p, p.name[len(prefix):]) for p in files if p.name.startswith(prefix))
         cls = ' class="step-failed"' if s.get("index") == failed_at or s.get("verdict") == "failed" else ""
-        rows.append(f"<tr{cls}><td class=\"num\">{e(s.get('index'))}</td><td class=\"mono\">{e(s.get('step'))}</td>"
+        rows.append(f"<tr{cls}><td class=\"num\">{e(_human(s.get('index')))}</td><td class=\"mono\">{e(s.get('step'))}</td>"
                     f"<td class=\"num\">{e(s.get('line'))}</td><td>{badge(s.get('verdict', ''))}</td>"
                     f"<td class=\"num\">{duration(s.get('duration_s'))}</td><td class=\"num\">{duration(s.get('libvirt_s'))}</td>"
                     f"<td class=\"mono\">{e(aliases(s.get('aliases')))}</td><td>{links}</td></tr>")
@@ -256,7 +256,7 @@ def _steps(rec: dict, files: list[Path], run_dir: Path) -> str:
 
 def _facts(rec: dict, f: dict) -> str:
     where = f"{rec.get('file')}:{f.get('line')}" if f.get("line") is not None else rec.get("file")
-    facts = [("Failing step", f"#{f.get('step_index')} {f.get('step')}"), ("YAML", where),
+    facts = [("Failing step", f"#{_human(f.get('step_index'))} {f.get('step')}"), ("YAML", where),
              ("Check", f.get("check")), ("Attempts", rec.get("attempts", 1))]
     return "<dl class=\"facts\">" + "".join(f"<dt>{e(k)}</dt><dd class=\"mono\">{e(v)}</dd>" for k, v in facts) + "</dl>"
 
@@ -309,3 +309,8 @@ def render_matrix(columns: list[str], names: list[str], rows: list[list[str]]) -
         + "".join(f'<td><span class="badge v-{cls.get(c, "not-run")}">{e(c)}</span></td>' for c in row)
         + "</tr>" for n, row in zip(names, rows))
     return page("Scenario matrix", f'<h1>Scenario matrix</h1><table class="list" id="matrix">{head}{body}</table>')
+
+
+def _human(index):
+    """Records count steps from 0; people, messages and artefact file names count from 1."""
+    return index + 1 if isinstance(index, int) else index

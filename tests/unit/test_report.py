@@ -60,7 +60,7 @@ def summary(names_verdicts: dict, **meta_over) -> dict:
 def put_artefacts(run_dir: Path, name: str) -> Path:
     d = run_dir / "artefacts" / name
     d.mkdir(parents=True)
-    for f in ("step-00-live.xml", "step-01-live.xml", "step-01-inactive.xml", "libvirtd.log"):
+    for f in ("step-01-live.xml", "step-02-live.xml", "step-02-inactive.xml", "libvirtd.log"):
         (d / f).write_text(f"<{f}/>\n")
     return d
 
@@ -396,12 +396,12 @@ def test_html_failure_block_shows_step_check_aliases_error_and_existing_artefact
     assert {n: a["data-verdict"] for n, a in rows.items()} == {"good": "passed", "bad": "failed", "skip": "skipped"}
     assert rows["bad"]["id"] == "row-bad"
     block = page[page.index('id="fail-bad"'):]
-    for needle in ("#1 attach n1", "scenarios/bad.yaml:17", "alias-stable", "<td>n1 -&gt; net0</td><td>n1 -&gt; net1</td>",
+    for needle in ("#2 attach n1", "scenarios/bad.yaml:17", "alias-stable", "<td>n1 -&gt; net0</td><td>n1 -&gt; net1</td>",
                    "internal error: Unable to determine device index for network device", "hn0=hostdev0, n1=net1"):
         assert needle in block, needle
     hrefs = [a["href"] for t, a in parsed.tags if t == "a" and not a["href"].startswith("#")]
     assert sorted(set(hrefs)) == sorted(f"artefacts/bad/{f}" for f in (
-        "libvirtd.log", "step-00-live.xml", "step-01-inactive.xml", "step-01-live.xml"))
+        "libvirtd.log", "step-01-live.xml", "step-02-inactive.xml", "step-02-live.xml"))
     assert all((tmp_path / h).is_file() for h in hrefs)
     assert "requires libvirt &gt;=12.0.0" in page
     assert "http://" not in page and "https://" not in page and "<script" not in page

@@ -1,0 +1,223 @@
+"""meson setup / compile / install --destdir inside the build chroot; incremental and ccache'd.
+
+One build directory per source tree (and meson option set) is kept and reused, so a change in
+qemu_alias.c costs a second, not a full build. Patches (mutants) are applied to a git work tree of the
+Debian source with `git checkout -f` + `git apply`: files the patch does not touch keep their mtimes.
+
+The build id names the exact source (git HEAD + hash of uncommitted changes + meson options). It is
+NOT put in config.h (every object includes it, so every step would be a full rebuild): meson gets a
+fixed placeholder as packager_version, and the install step stamps the id into the placeholder (same
+length) in the DESTDIR copy. The domain log line "libvirt version: 11.3.0, package: hx-<id> (hx)"
+and /usr/lib/libvirt/hx-build-id then name the build.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import tarfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from filelock import FileLock
+
+from harness.errors import HarnessError
+from harness.libvirt_build import chroot, source, sub
+from harness.progress import say
+
+PLACEHOLDER = "hx-000000000000000000"          # same length as "hx-" + 18-char build id
+MARKER = "usr/lib/libvirt/hx-build-id"
+MULTIARCH = "x86_64-linux-gnu"
+
+#: Debian's layout (or the daemon misbehaves in the bed) and the drivers the scenarios use.
+MESON_OPTIONS = [
+    "--prefix=/usr", "--sysconfdir=/etc", "--localstatedir=/var", f"--libdir=lib/{MULTIARCH}",
+    "--libexecdir=lib/libvirt", "-Doptimization=2", "-Ddebug=true",
+    "-Drunstatedir=/run", "-Dremote_default_mode=legacy",
+    "-Dqemu_user=libvirt-qemu", "-Dqemu_group=libvirt-qemu",
+    f"-Dqemu_moddir=/usr/lib/{MULTIARCH}/qemu", "-Dqemu_datadir=/usr/share/qemu",
+    "-Dinit_script=none", "-Dsystem=true",
+    "-Ddriver_libvirtd=enabled", "-Ddriver_remote=enabled", "-Ddriver_qemu=enabled",
+    "-Ddriver_network=enabled", "-Dudev=enabled", "-Dlibnl=enabled", "-Dpciaccess=enabled",
+    "-Ddriver_secrets=enabled", "-Dstorage_dir=enabled",
+    "-Ddocs=disabled", "-Dtests=disabled", "-Dnls=disabled", "-Dexpensive_tests=disabled",
+    "-Ddriver_lxc=disabled", "-Ddriver_ch=disabled", "-Ddriver_vbox=disabled", "-Ddriver_esx=disabled",
+    "-Ddriver_hyperv=disabled", "-Ddriver_openvz=disabled", "-Ddriver_vmware=disabled",
+    "-Ddriver_vz=disabled", "-Ddriver_bhyve=disabled", "-Ddriver_libxl=disabled", "-Ddriver_test=disabled",
+    "-Dwerror=false", "-Dgit_werror=disabled", "-Dno_git=true",
+    "-Dpackager=hx", f"-Dpackager_version={PLACEHOLDER}",
+]
+
+
+@dataclass
+class Build:
+    id: str
+    suite: str
+    source: str
+    build_dir: str
+    tarball: str
+    version: str = ""
+    seconds: dict = field(default_factory=dict)
+    sha256: dict = field(default_factory=dict)     # path in the bed -> sha256 (stamped files)
+    patches: list = field(default_factory=list)
+    ok: bool = True
+    log: str = ""
+
+    def save(self) -> None:
+        Path(self.build_dir, "..", f"build-{self.id}.json").resolve().write_text(json.dumps(asdict(self), indent=2))
+
+
+def _git(tree: Path, *args: str, check: bool = True) -> str:
+    p = subprocess.run(["git", "-c", "safe.directory=*", "-C", str(tree), *args], capture_output=True, text=True)
+    if check and p.returncode != 0:
+        raise HarnessError(f"git {' '.join(args)} in {tree}: {p.stderr.strip()[-1500:]}")
+    return p.stdout
+
+
+def tree_id(tree: Path) -> str:
+    """Git HEAD + uncommitted changes (tracked and untracked, build outputs excluded)."""
+    head = _git(tree, "rev-parse", "HEAD").strip()
+    h = hashlib.sha256(head.encode())
+    h.update(_git(tree, "diff", "HEAD", "--binary").encode())
+    for f in _git(tree, "ls-files", "--others", "--exclude-standard").split():
+        h.update(f.encode())
+        try:
+            h.update(Path(tree, f).read_bytes())
+        except OSError:
+            pass
+    return h.hexdigest()
+
+
+def build_id(tree: Path, options: list[str]) -> str:
+    h = hashlib.sha256(tree_id(tree).encode())
+    h.update(json.dumps(options).encode())
+    return h.hexdigest()[: len(PLACEHOLDER) - 3]
+
+
+def work_tree(suite: str, version: str | None, patches: list[Path]) -> Path:
+    """A reusable git work tree of the Debian source with `patches` applied on top of its base commit."""
+    base = source.prepare(suite, version)
+    wt = sub("work") / base.name
+    if not (wt / ".git").exists():
+        shutil.rmtree(wt, ignore_errors=True)
+        subprocess.run(["git", "-c", "safe.directory=*", "clone", "-q", "--no-hardlinks", str(base), str(wt)],
+                       check=True)
+    _git(wt, "checkout", "-q", "-f", "master")
+    _git(wt, "reset", "-q", "--hard", _git(base, "rev-parse", "HEAD").strip())
+    _git(wt, "clean", "-q", "-fd")
+    for p in patches:
+        p = Path(p).resolve()
+        out = subprocess.run(["git", "-c", "safe.directory=*", "-C", str(wt), "apply", "--whitespace=nowarn", str(p)],
+                             capture_output=True, text=True)
+        if out.returncode != 0:
+            raise HarnessError(f"patch {p.name} does not apply to {base.name}:\n{out.stderr.strip()[-1500:]}",
+                               hint="mutants/ has per-version variants (e.g. *-9.0.0.patch)")
+    return wt
+
+
+def _tree_version(tree: Path) -> str:
+    for line in (tree / "meson.build").read_text().splitlines()[:10]:
+        if "version:" in line:
+            return line.split("'")[1]
+    return "?"
+
+
+def build(suite: str = "trixie", source_dir: str | Path | None = None, debian_version: str | None = None,
+          patches: list[Path] | None = None, log: Path | None = None, timeout: float = 3600) -> Build:
+    """Build libvirt (Debian source + patches, or a user's tree) and pack a DESTDIR tarball. Raises on failure."""
+    patches = [Path(p) for p in (patches or [])]
+    t0 = time.monotonic()
+    if source_dir:
+        tree = Path(source_dir).resolve()
+        if not (tree / "meson.build").exists():
+            raise HarnessError(f"{tree} is not a libvirt source tree (no meson.build)")
+        for p in patches:
+            out = subprocess.run(["git", "-c", "safe.directory=*", "-C", str(tree), "apply", str(p.resolve())],
+                                 capture_output=True, text=True)
+            if out.returncode != 0:
+                raise HarnessError(f"patch {p} does not apply to {tree}: {out.stderr[-800:]}")
+    else:
+        tree = work_tree(suite, debian_version, patches)
+    t_src = time.monotonic() - t0
+    bid = build_id(tree, MESON_OPTIONS)
+    tkey = hashlib.sha256(f"{tree}|{suite}|{json.dumps(MESON_OPTIONS)}".encode()).hexdigest()[:10]
+    bdir = sub("builds", f"{suite}-{tkey}")
+    outd = sub("out")
+    log = log or (outd / f"{bid}.log")
+    b = Build(id=bid, suite=suite, source=str(tree), build_dir=str(bdir / "build"), tarball=str(outd / f"{bid}.tar.gz"),
+              version=_tree_version(tree), patches=[str(p) for p in patches], log=str(log))
+    cached = outd / f"{bid}.json"
+    if cached.exists() and Path(b.tarball).exists():
+        say(f"libvirt build {bid}: already built, reusing")
+        return Build(**json.loads(cached.read_text()))
+    ch = chroot.ensure(suite)
+    with FileLock(str(bdir) + ".lock"):
+        binds = {"/src": tree, "/build": bdir, "/ccache": sub("ccache", suite)}
+        configured = (bdir / "build" / "build.ninja").exists()
+        t1 = time.monotonic()
+        if not configured:
+            shutil.rmtree(bdir / "build", ignore_errors=True)
+            say(f"libvirt build {bid}: meson setup")
+            p = chroot.run(suite, "meson setup /build/build /src " + " ".join(MESON_OPTIONS), binds, log=log,
+                           timeout=600)
+            if p.returncode != 0:
+                raise HarnessError(f"meson setup failed (log {log}):\n{(p.stdout + p.stderr)[-2500:]}")
+        t2 = time.monotonic()
+        say(f"libvirt build {bid}: ninja (incremental)" if configured else f"libvirt build {bid}: ninja (full build, ~2 min)")
+        p = chroot.run(suite, "ninja -C /build/build -j2", binds, log=log, timeout=timeout)
+        if p.returncode != 0:
+            raise HarnessError(f"libvirt build failed (log {log}):\n{(p.stdout + p.stderr)[-2500:]}")
+        t3 = time.monotonic()
+        dest = bdir / "destdir"
+        shutil.rmtree(dest, ignore_errors=True)
+        p = chroot.run(suite, "meson install -C /build/build --destdir /build/destdir --no-rebuild --quiet", binds,
+                       log=log, timeout=600)
+        if p.returncode != 0:
+            raise HarnessError(f"meson install failed (log {log}):\n{(p.stdout + p.stderr)[-2500:]}")
+        b.sha256 = _stamp(dest, bid)
+        _pack(dest, Path(b.tarball))
+        t4 = time.monotonic()
+    b.seconds = {"source": round(t_src, 1), "chroot": round(t1 - t0 - t_src, 1), "setup": round(t2 - t1, 1),
+                 "compile": round(t3 - t2, 1), "install_pack": round(t4 - t3, 1), "total": round(t4 - t0, 1)}
+    cached.write_text(json.dumps(asdict(b), indent=2))
+    say(f"libvirt build {bid}: done in {b.seconds['total']} s ({b.seconds})")
+    return b
+
+
+def _stamp(dest: Path, bid: str) -> dict:
+    """Write the id into the placeholder (same length) of every installed file, plus the marker file."""
+    old = PLACEHOLDER.encode()
+    new = f"hx-{bid}".encode()
+    assert len(old) == len(new), (old, new)
+    sums = {}
+    for p in dest.rglob("*"):
+        if p.is_symlink() or not p.is_file():
+            continue
+        data = p.read_bytes()
+        if old in data:
+            data = data.replace(old, new)
+            mode = p.stat().st_mode
+            p.write_bytes(data)
+            p.chmod(mode)
+        rel = "/" + str(p.relative_to(dest))
+        if rel.endswith((".so", ".so.0")) or "/connection-driver/" in rel or rel.startswith("/usr/sbin/") \
+                or ".so.0." in rel:
+            sums[rel] = hashlib.sha256(data).hexdigest()
+    m = dest / MARKER
+    m.parent.mkdir(parents=True, exist_ok=True)
+    m.write_text(bid + "\n")
+    (dest / MARKER).with_name("hx-build.json").write_text(json.dumps({"id": bid, "sha256": sums}, indent=1))
+    return sums
+
+
+def _pack(dest: Path, out: Path) -> None:
+    """Only /usr: the bed's /etc (logging, qemu.conf) and /var stay as the image made them."""
+    tmp = out.with_suffix(".part")
+    with tarfile.open(tmp, "w:gz", compresslevel=3) as t:
+        for top in ["usr"]:
+            t.add(dest / top, arcname=top, filter=lambda ti: None if any(
+                s in ti.name for s in ("usr/share/doc", "usr/share/man", "usr/include", "/pkgconfig")) else ti)
+    tmp.replace(out)

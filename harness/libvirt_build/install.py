@@ -1,0 +1,119 @@
+"""Install a build into a running bed, and prove which build the running daemon is.
+
+Install: copy the DESTDIR tarball over SSH, unpack over /, ldconfig, re-exec virtlogd, restart libvirtd,
+wait until it answers. Proof (`installed_build`): the marker file, sha256 of the files libvirtd has
+mapped (/proc/PID/maps) against the build's own list, and, when a domain log exists, its
+"libvirt version: ..., package: hx-<id>" line.
+"""
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import time
+from pathlib import Path
+
+from harness.errors import HarnessError
+from harness.libvirt_build.build import MARKER, Build
+from harness.progress import say
+
+REMOTE_TAR = "/var/tmp/hx-libvirt-build.tar.gz"
+STOCK = "stock"
+
+
+def _ssh(bed, cmd: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    try:
+        return bed.ssh(cmd, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise HarnessError(f"bed {bed.name}: '{cmd[:60]}' timed out after {timeout:.0f} s") from None
+
+
+def install(bed, build: Build, timeout: float = 180) -> dict:
+    """Put `build` into the running bed and restart the daemons. Returns timings."""
+    t0 = time.monotonic()
+    tar = Path(build.tarball)
+    with open(tar, "rb") as f:
+        p = subprocess.run(bed.ssh_argv(f"cat > {REMOTE_TAR}"), stdin=f, capture_output=True, timeout=timeout)
+    if p.returncode != 0:
+        raise HarnessError(f"bed {bed.name}: copying the build failed: {p.stderr.decode()[-500:]}")
+    t1 = time.monotonic()
+    script = (
+        # running test domains would be left to a daemon that no longer knows their binary: the harness sweeps
+        # hx-* leftovers itself; here only stop the daemon, unpack, start again.
+        f"set -e; systemctl stop libvirtd.service 2>/dev/null || true; "
+        f"tar -xzf {REMOTE_TAR} -C / --no-same-owner --keep-directory-symlink; rm -f {REMOTE_TAR}; ldconfig; "
+        "systemctl reload virtlogd.service 2>/dev/null || systemctl restart virtlogd.service || true; "
+        "systemctl try-reload-or-restart virtlockd.service 2>/dev/null || true; "
+        "systemctl reset-failed libvirtd.service 2>/dev/null || true; systemctl start libvirtd.service; "
+        "for i in $(seq 1 60); do virsh -c qemu:///system version --daemon >/dev/null 2>&1 && exit 0; sleep 1; done; "
+        "journalctl -u libvirtd -n 30 --no-pager; exit 3")
+    p = _ssh(bed, script, timeout=timeout)
+    if p.returncode != 0:
+        raise HarnessError(f"bed {bed.name}: libvirtd did not come back after installing build {build.id}:\n"
+                           f"{(p.stdout + p.stderr)[-2000:]}")
+    t2 = time.monotonic()
+    got = installed_build(bed)
+    if got.get("id") != build.id or not got.get("verified"):
+        raise HarnessError(f"bed {bed.name}: the running libvirtd is not build {build.id}: {json.dumps(got)[:1500]}")
+    secs = {"copy": round(t1 - t0, 1), "unpack_restart": round(t2 - t1, 1), "total": round(time.monotonic() - t0, 1)}
+    say(f"bed {bed.name}: build {build.id} installed and running ({secs['total']} s)")
+    return secs
+
+
+def installed_build(bed) -> dict:
+    """Which build the bed runs: {id, verified, mismatches, daemon_pid, domain_log_package}.
+
+    id is "stock" when no marker is present (Debian's packages). verified means every file the running
+    libvirtd has mapped that the build lists has the build's sha256.
+    """
+    script = r"""
+M=/%s; J=$(dirname $M)/hx-build.json
+PID=$(systemctl show -p MainPID --value libvirtd.service 2>/dev/null); [ "$PID" != 0 ] || PID=$(pidof libvirtd || true)
+echo "ID=$(cat $M 2>/dev/null || echo stock)"; echo "PID=$PID"
+if [ -n "$PID" ] && [ -e /proc/$PID/exe ]; then
+  for f in $(readlink -f /proc/$PID/exe) $(grep -o '/usr/[^ ]*' /proc/$PID/maps | sort -u | grep -i virt); do
+    case "$f" in *" (deleted)") echo "DELETED $f";; *) echo "SUM $(sha256sum "$f")";; esac
+  done
+  grep -q '(deleted)' /proc/$PID/maps && echo "STALE yes"
+fi
+L=$(ls -t /var/log/libvirt/qemu/*.log 2>/dev/null | head -1)
+[ -n "$L" ] && echo "LOG $L $(grep -o 'libvirt version: [^,]*, package: [^)]*)\?' "$L" | tail -1)"
+[ -f $J ] && echo "JSON $(tr -d '\n' < $J)"
+""" % MARKER
+    p = _ssh(bed, script, timeout=60)
+    out = {"id": None, "verified": False, "mismatches": [], "daemon_pid": None, "domain_log_package": None,
+           "checked_files": 0}
+    listed = {}
+    sums = {}
+    for line in p.stdout.splitlines():
+        if line.startswith("ID="):
+            out["id"] = line[3:].strip()
+        elif line.startswith("PID="):
+            out["daemon_pid"] = line[4:].strip() or None
+        elif line.startswith("SUM "):
+            parts = line.split()
+            if len(parts) == 3:
+                sums[parts[2]] = parts[1]
+        elif line.startswith("STALE"):
+            out["mismatches"].append("libvirtd maps deleted files (restarted before install finished?)")
+        elif line.startswith("LOG "):
+            _, path, *rest = line.split(" ", 2)
+            out["domain_log"] = path
+            out["domain_log_package"] = (rest[0].strip() if rest else "") or None
+        elif line.startswith("JSON "):
+            try:
+                listed = json.loads(line[5:]).get("sha256", {})
+            except ValueError:
+                out["mismatches"].append("hx-build.json unreadable")
+    if out["id"] == STOCK or not out["daemon_pid"]:
+        return out
+    for f, s in sums.items():
+        if f in listed:
+            out["checked_files"] += 1
+            if listed[f] != s:
+                out["mismatches"].append(f"{f}: sha256 {s[:12]} != build's {listed[f][:12]}")
+    exe_ok = any(f.endswith("/sbin/libvirtd") for f in sums if f in listed)
+    if not exe_ok:
+        out["mismatches"].append("libvirtd binary is not the build's")
+    out["verified"] = not out["mismatches"] and out["checked_files"] >= 2
+    return out
