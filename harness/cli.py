@@ -47,10 +47,15 @@ def cmd_bed_status(args) -> int:
     out = []
     rc = 0
     for b in beds:
-        running = qemu.status(b) if b.via == "qemu" else "vagrant"
+        if b.via == "qemu":
+            running = qemu.status(b)
+        else:
+            from harness.bed import vagrant
+            running = vagrant.status(b)
         entry = {"name": b.name, "suite": b.suite, "via": b.via, "accel": b.accel, "accel_reason": b.accel_reason,
-                 "ssh_port": b.ssh_port, "pid": b.pid, "vm": running, "uri": b.uri.split("?")[0], "checks": []}
-        if b.via != "qemu" or qemu.alive(b.pid):
+                 "ssh_port": b.ssh_port, "pid": b.pid,
+                 "ssh": (f"{b.ssh_host}:{b.ssh_port}" + (f" (netns {b.extra.get('netns')})" if b.extra.get("netns") else "")), "vm": running, "uri": b.uri.split("?")[0], "checks": []}
+        if lifecycle.alive(b):
             try:
                 probe = b.ssh("true", timeout=30)
                 if probe.returncode != 0:
@@ -72,7 +77,7 @@ def cmd_bed_status(args) -> int:
             print("no bed is up (harness bed up)")
         for e in out:
             print(f"bed {e['name']}: suite {e['suite']}, via {e['via']}, VM {e['vm']}, accelerator {e['accel']}, "
-                  f"ssh 127.0.0.1:{e['ssh_port']}")
+                  f"ssh {e['ssh']}")
             if e.get("error"):
                 print(f"  unreachable: {e['error']}")
             if e["checks"]:

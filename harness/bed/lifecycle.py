@@ -38,7 +38,8 @@ def up(suite: str = "trixie", via: str = "qemu", name: str | None = None, memory
     image_mod.check_suite(suite)
     if via == "vagrant":
         from harness.bed import vagrant
-        return vagrant.up(suite=suite, name=name, memory_mib=memory_mib, cpus=cpus, vfs=vfs, timeout=timeout)
+        return vagrant.up(suite=suite, name=name, memory_mib=memory_mib, cpus=cpus, vfs=vfs, timeout=timeout,
+                          accel=accel)
     if via != "qemu":
         raise HarnessError(f"unknown launcher {via!r}", hint="use --via qemu or --via vagrant")
     image_mod.require_tools("qemu-system-x86_64", "qemu-img", "ssh", "ssh-keygen")
@@ -156,9 +157,16 @@ def down(name: str) -> list[str]:
         lock.release()
 
 
+def alive(bed: BedInfo) -> bool:
+    if bed.via == "vagrant":
+        from harness.bed import vagrant
+        return vagrant.alive(bed)
+    return qemu.alive(bed.pid)
+
+
 def find(name: str | None = None, suite: str | None = None) -> BedInfo:
     """The running bed to use: by name, else the default bed of a suite, else the only one up."""
-    beds = [b for b in state_mod.all_beds() if (b.via != "qemu" or qemu.alive(b.pid))]
+    beds = [b for b in state_mod.all_beds() if alive(b)]
     if name:
         beds = [b for b in beds if b.name == name]
     elif suite:

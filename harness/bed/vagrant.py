@@ -15,7 +15,8 @@ libvirtd of its own):
   mount namespace for every process we start there (the ``nsexec`` wrapper in the bed dir): the
   host's libvirt config, storage and logs are never read or written. qemu.conf there has
   ``cgroup_controllers = [ ]``, ``user = "root"`` (the fw_cfg key files live under /root) and no
-  security driver. The daemons' sockets are plain files under the bed dir, so the host can talk to
+  security driver. The one trace on the host is an empty /run/libvirt mount point, made if missing.
+  The daemons' sockets are plain files under the bed dir, so the host can talk to
   that libvirtd with ``qemu+unix:///system?socket=<bed>/lv/run/libvirt-sock`` (``extra["libvirt_uri"]``);
 * one VAGRANT_HOME for all beds under the cache (``vagrant-home``, holds the added boxes), the
   machine's ``.vagrant`` dir in the bed dir (VAGRANT_DOTFILE_PATH), Vagrant Cloud checks off;
@@ -23,6 +24,13 @@ libvirtd of its own):
   DHCP address on the management network, with the per-bed host key pinned exactly as for the QEMU
   bed (``StrictHostKeyChecking yes``, ``HostKeyAlias``). ``bed.ssh()`` and ``bed.uri`` (qemu+ssh via
   the ssh wrapper) work unchanged. No address, route or port is added on the host side.
+
+Vagrant's own SSH (during ``vagrant up`` only) logs in as root with the per-bed key and, as Vagrant
+always does, without checking the host key; it runs inside the bed's namespace towards a VM started a
+second earlier. Everything the harness does afterwards goes through the pinned ssh_config.
+
+For people: ``<bed>/vagrant status`` / ``<bed>/vagrant ssh`` run Vagrant with this bed's environment;
+``<bed>/nsexec CMD`` runs CMD in its namespace (e.g. ``virsh list``).
 
 ``down`` leaves nothing: vagrant destroy, every process left in the namespace stopped (libvirtd,
 virtlogd, dnsmasq, QEMU, proxies), the namespace deleted, the bed dir removed.
@@ -35,6 +43,7 @@ import re
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -228,10 +237,64 @@ def _vagrant_env(bed: BedInfo) -> dict:
     return env
 
 
+#: vagrant output lines worth a progress line (the rest goes to the log only)
+_PHASES = re.compile(r"==> \S+: (Uploading base box image|Creating image \(snapshot|Starting domain|"
+                     r"Waiting for domain to get an IP|Waiting for machine to boot|Machine booted and ready|"
+                     r"Removing domain|Deleting the machine folder)")
+
+
 def _vagrant(bed: BedInfo, *args: str, timeout: float, check: bool = True) -> subprocess.CompletedProcess:
+    """vagrant ARGS in the bed's namespace; its output goes to <bed>/vagrant-ARG.log with timestamps."""
     log = bed.path / f"vagrant-{args[0]}.log"
-    return _run([str(_nsexec(bed)), "vagrant", *args], f"vagrant {' '.join(args)}", timeout=timeout,
-                env=_vagrant_env(bed), log=log, check=check)
+    what = f"vagrant {' '.join(args)}"
+    t0 = time.monotonic()
+    lines: list[str] = []
+    with open(log, "w") as logf:
+        proc = subprocess.Popen([str(_nsexec(bed)), "vagrant", *args], env=_vagrant_env(bed), text=True,
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        timer = threading.Timer(timeout, lambda: _kill_group(proc))
+        timer.start()
+        try:
+            for line in proc.stdout:
+                line = line.rstrip("\n")
+                lines.append(line)
+                logf.write(f"[{time.monotonic() - t0:7.1f}] {line}\n")
+                logf.flush()
+                if _PHASES.search(line):
+                    say(f"bed {bed.name}: {line.split(': ', 1)[1]} (+{time.monotonic() - t0:.0f} s)")
+            rc = proc.wait()
+        except BaseException:
+            _kill_group(proc)
+            raise
+        finally:
+            timer.cancel()
+    if time.monotonic() - t0 >= timeout:
+        raise HarnessError(f"{what} timed out after {timeout:.0f} s", hint=f"log: {log}")
+    p = subprocess.CompletedProcess([what], rc, "\n".join(lines), "")
+    if check and rc != 0:
+        # Ruby backtraces say nothing to a person: keep the message lines, drop the "from ..." frames.
+        msg = [ln for ln in lines if not ln.lstrip().startswith("from /") and "-> value=" not in ln]
+        raise HarnessError(f"{what} failed (exit {rc})\n" + "\n".join(msg[-25:]), hint=f"log: {log}")
+    return p
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _write_vagrant_wrapper(bed: BedInfo) -> None:
+    """<bed>/vagrant ARGS: for people debugging a bed (vagrant status, vagrant ssh) with the right env."""
+    import shlex
+    env = {k: v for k, v in _vagrant_env(bed).items() if k.startswith(("VAGRANT_", "HX_", "LIBVIRT_"))}
+    lines = [f"export {k}={shlex.quote(v)}" for k, v in sorted(env.items())]
+    w = bed.path / "vagrant"
+    w.write_text("#!/bin/sh\n# Vagrant for this bed only: its namespace, private libvirt, VAGRANT_HOME.\n"
+                 + "\n".join(lines) + f'\nexec "{_nsexec(bed)}" vagrant "$@"\n')
+    w.chmod(0o755)
 
 
 def _box_added(name: str) -> bool:
@@ -327,6 +390,7 @@ def up(suite: str = "trixie", name: str | None = None, memory_mib: int = 4096, c
         t0 = time.monotonic()
         try:
             _start_daemons(bed, ns)
+            _write_vagrant_wrapper(bed)
             bed.extra["libvirt_uri"] = libvirt_uri(bed)
             bed.save()
             say(f"bed {name}: libvirtd + virtlogd up in netns {ns}; vagrant up (box upload + boot, minutes under TCG)")

@@ -90,6 +90,15 @@ class Conn:
         except (libvirt.libvirtError, LibvirtTimeout):
             pass
 
+    def ensure(self) -> None:
+        """Reconnect if the connection died (another worker's scenario restarted libvirtd)."""
+        try:
+            if self.conn is not None and self._bounded(self.conn.isAlive, timeout=30):
+                return
+        except (libvirt.libvirtError, LibvirtTimeout):
+            pass
+        self.reconnect()
+
     def reconnect(self, timeout: float = 90.0) -> None:
         self.close()
         self.connect(timeout=timeout)

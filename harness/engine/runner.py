@@ -14,6 +14,8 @@ import libvirt
 
 from harness import oracle, paths
 from harness.engine import xmlbuild
+from filelock import ReadWriteLock
+
 from harness.engine.devices import Leases
 from harness.engine.session import Target
 from harness.engine.steps import ACTIONS, StepContext
@@ -91,6 +93,14 @@ class Runner:
         why = unmet_requirements(self.sc, self.t)
         if why:
             raise ScenarioSkip(why)
+        # A daemon restart drops every worker's connection: such scenarios hold the bed alone.
+        rw = ReadWriteLock(str(self.t.lock_dir / "bed.rwlock"), is_singleton=False)
+        exclusive = any(s.action == "restart-daemon" for s in walk_steps(self.sc.steps))
+        with (rw.write_lock() if exclusive else rw.read_lock()):
+            self.t.conn.ensure()
+            return self._run_leased()
+
+    def _run_leased(self) -> list[dict]:
         with Leases(self.t.lock_dir, self.t.nics) as leases:
             try:
                 self._lease(leases)

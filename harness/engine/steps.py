@@ -203,6 +203,14 @@ def do_check(ctx: StepContext) -> None:
     """Nothing to do: the oracle and the step's expect run on a fresh snapshot."""
 
 
+def do_settle(ctx: StepContext) -> None:
+    """A VF handed back to its host driver appears as ethN and is then renamed by udev; libvirt 9.0
+    reads the name in between ("Cannot get interface MAC on 'eth0'"). Wait for udev, as a host would."""
+    p = ctx.runner.t.ssh("udevadm settle --timeout=60", timeout=90)
+    if p.returncode != 0:
+        raise HarnessError(f"udevadm settle failed: {p.stderr.strip()}")
+
+
 ACTIONS: dict[str, Callable[[StepContext], None]] = {
     "start": do_start, "destroy": do_destroy, "define": do_define, "undefine": do_undefine,
     "attach": do_attach, "detach": do_detach, "update": do_update, "wait-removed": do_wait_removed,
@@ -210,5 +218,5 @@ ACTIONS: dict[str, Callable[[StepContext], None]] = {
     "managedsave-start": do_managedsave_start, "suspend-resume": do_suspend_resume,
     "network-define": do_network_define, "network-start": do_network_start,
     "network-destroy": do_network_destroy, "network-undefine": do_network_undefine,
-    "check": do_check,
+    "check": do_check, "settle": do_settle,
 }

@@ -11,6 +11,7 @@ from harness.errors import HarnessError
 from harness.scenario.model import Device, Domain, Network
 
 GUEST_KERNEL = "/var/lib/libvirt/images/hx-guest/vmlinuz"
+USB_PORTS = 15
 GUEST_INITRD = "/var/lib/libvirt/images/hx-guest/initrd.img"
 
 
@@ -44,7 +45,15 @@ class Resolved:
     networks: dict[str, str] = field(default_factory=dict)         # network sym -> real name
     bridges: dict[str, str] = field(default_factory=dict)          # network sym -> bridge name (once started)
     macs: dict[str, str] = field(default_factory=dict)             # device id -> MAC
+    usb_ports: dict[str, int] = field(default_factory=dict)        # device id -> port on the xhci controller
     salt: str = ""
+
+    def usb_port_for(self, dev_id: str) -> int:
+        """A stable USB port per device: libvirt 9.0 tries to give an unaddressed usb-net NIC a PCI
+        slot ("Cannot automatically add a new PCI bus ... connect flags 00")."""
+        if dev_id not in self.usb_ports:
+            self.usb_ports[dev_id] = len(self.usb_ports) + 1
+        return self.usb_ports[dev_id]
 
     def mac_for(self, dev_id: str) -> str:
         """A MAC from (salt, id), never one another device of this run already has: the oracle
@@ -138,6 +147,8 @@ def device_element(dev: Device, r: Resolved) -> ET.Element:
     if itype != "hostdev":
         _sub(el, "model", type=s.get("model", "virtio"))
     _alias(el, s)
+    if s.get("model") == "usb-net":
+        _sub(el, "address", type="usb", bus="0", port=str(r.usb_port_for(dev.id)))
     return el
 
 
@@ -189,7 +200,10 @@ def domain_xml(name: str, dom: Domain, r: Resolved, virt_type: str, all_devices:
         _sub(devs, "controller", type="pci", index="0", model="pcie-root")
         for i in range(1, dom.root_ports + 1):
             _sub(devs, "controller", type="pci", index=str(i), model="pcie-root-port")
-    _sub(devs, "controller", type="usb", model="qemu-xhci" if uses_usb(all_devices) else "none")
+    if uses_usb(all_devices):
+        _sub(devs, "controller", type="usb", index="0", model="qemu-xhci", ports=str(USB_PORTS))
+    else:
+        _sub(devs, "controller", type="usb", model="none")
     ser = _sub(devs, "serial", type="file")
     _sub(ser, "source", path=console_log)
     _sub(devs, "memballoon", model="none")

@@ -213,3 +213,63 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     sys.exit(main())
+
+
+# --- the proof repository (tests and bench) ----------------------------------------------------------
+
+def _append_comment(tree: Path, rel: str, text: str) -> None:
+    p = tree / rel
+    p.write_text(p.read_text() + f"\n/* {text} */\n")
+
+
+def make_demo_repo(dest: Path, suite: str = "trixie", mutant: Path | None = None) -> dict:
+    """A git repo of Debian's libvirt 11.3.0 with 9 commits on top: c4 does not build (fixed by c5), c7 puts
+    mutant A back. For 9 commits `git bisect` tests c4 first, so the broken commit is always met.
+
+    Returns {base, commits: [{sha, subject, kind}], broken, mutant}.
+    """
+    import shutil
+    from harness.libvirt_build import source
+    from harness.libvirt_build.mutants import MUTANTS_DIR
+    mutant = mutant or next(MUTANTS_DIR.glob("A-*.patch"))
+    base_tree = source.prepare(suite)
+    if dest.exists():
+        shutil.rmtree(dest)
+    subprocess.run(["git", "-c", "safe.directory=*", "clone", "-q", str(base_tree), str(dest)], check=True)
+    env = {"GIT_AUTHOR_NAME": "hx", "GIT_AUTHOR_EMAIL": "hx@localhost", "GIT_COMMITTER_NAME": "hx",
+           "GIT_COMMITTER_EMAIL": "hx@localhost", "GIT_AUTHOR_DATE": "2026-01-01T00:00:00Z",
+           "GIT_COMMITTER_DATE": "2026-01-01T00:00:00Z"}
+    env = dict(os.environ, **env)
+
+    def commit(msg: str) -> str:
+        subprocess.run(["git", "-c", "safe.directory=*", "-C", str(dest), "commit", "-q", "-a", "-m", msg],
+                       check=True, env=env)
+        return _git(dest, "rev-parse", "HEAD").stdout.strip()
+
+    base = _git(dest, "rev-parse", "HEAD").stdout.strip()
+    out = {"base": base, "commits": []}
+    plan = [
+        ("noise", "qemu: note on alias numbering", lambda: _append_comment(dest, "src/qemu/qemu_alias.c", "hx c1")),
+        ("noise", "util: note in virlog", lambda: _append_comment(dest, "src/util/virlog.c", "hx c2")),
+        ("noise", "qemu: note in hotplug", lambda: _append_comment(dest, "src/qemu/qemu_alias.c", "hx c3")),
+        ("broken", "qemu: half-done refactor (does not build)",
+         lambda: _append_comment(dest, "src/qemu/qemu_alias.c", "hx c4 */ int hx_broken( {")),
+        ("fix", "qemu: finish the refactor (builds again)", lambda: _fix_c4(dest)),
+        ("noise", "network: note in bridge driver", lambda: _append_comment(dest, "src/util/virlog.c", "hx c6")),
+        ("mutant", "qemu: simplify net alias index loop (puts the f8e712fe bug back)",
+         lambda: subprocess.run(["git", "-c", "safe.directory=*", "-C", str(dest), "apply", str(mutant)], check=True)),
+        ("noise", "qemu: note after the mutant", lambda: _append_comment(dest, "src/qemu/qemu_alias.c", "hx c8")),
+        ("noise", "util: another note", lambda: _append_comment(dest, "src/util/virlog.c", "hx c9")),
+    ]
+    for kind, msg, change in plan:
+        change()
+        sha = commit(msg)
+        out["commits"].append({"sha": sha, "subject": msg, "kind": kind})
+        if kind in ("broken", "mutant"):
+            out[kind] = sha
+    return out
+
+
+def _fix_c4(tree: Path) -> None:
+    p = tree / "src/qemu/qemu_alias.c"
+    p.write_text(p.read_text().replace("/* hx c4 */ int hx_broken( { */", "/* hx c4 (fixed) */"))

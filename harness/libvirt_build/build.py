@@ -39,7 +39,7 @@ MESON_OPTIONS = [
     "-Drunstatedir=/run", "-Dremote_default_mode=legacy",
     "-Dqemu_user=libvirt-qemu", "-Dqemu_group=libvirt-qemu",
     f"-Dqemu_moddir=/usr/lib/{MULTIARCH}/qemu", "-Dqemu_datadir=/usr/share/qemu",
-    "-Dinit_script=none", "-Dsystem=true",
+    "-Dinit_script=none",
     "-Ddriver_libvirtd=enabled", "-Ddriver_remote=enabled", "-Ddriver_qemu=enabled",
     "-Ddriver_network=enabled", "-Dudev=enabled", "-Dlibnl=enabled", "-Dpciaccess=enabled",
     "-Ddriver_secrets=enabled", "-Dstorage_dir=enabled",
@@ -105,7 +105,6 @@ def work_tree(suite: str, version: str | None, patches: list[Path]) -> Path:
         shutil.rmtree(wt, ignore_errors=True)
         subprocess.run(["git", "-c", "safe.directory=*", "clone", "-q", "--no-hardlinks", str(base), str(wt)],
                        check=True)
-    _git(wt, "checkout", "-q", "-f", "master")
     _git(wt, "reset", "-q", "--hard", _git(base, "rev-parse", "HEAD").strip())
     _git(wt, "clean", "-q", "-fd")
     for p in patches:
@@ -118,6 +117,12 @@ def work_tree(suite: str, version: str | None, patches: list[Path]) -> Path:
     return wt
 
 
+def build_dir_for(tree: Path, suite: str) -> Path:
+    """The reused build folder of a source tree (one per tree path, suite and option set)."""
+    tkey = hashlib.sha256(f"{Path(tree).resolve()}|{suite}|{json.dumps(MESON_OPTIONS)}".encode()).hexdigest()[:10]
+    return sub("builds", f"{suite}-{tkey}")
+
+
 def _tree_version(tree: Path) -> str:
     for line in (tree / "meson.build").read_text().splitlines()[:10]:
         if "version:" in line:
@@ -126,8 +131,12 @@ def _tree_version(tree: Path) -> str:
 
 
 def build(suite: str = "trixie", source_dir: str | Path | None = None, debian_version: str | None = None,
-          patches: list[Path] | None = None, log: Path | None = None, timeout: float = 3600) -> Build:
-    """Build libvirt (Debian source + patches, or a user's tree) and pack a DESTDIR tarball. Raises on failure."""
+          patches: list[Path] | None = None, log: Path | None = None, timeout: float = 3600,
+          force: bool = False) -> Build:
+    """Build libvirt (Debian source + patches, or a user's tree) and pack a DESTDIR tarball. Raises on failure.
+
+    A build whose id (same source, same options) was packed before is reused unless `force`.
+    """
     patches = [Path(p) for p in (patches or [])]
     t0 = time.monotonic()
     if source_dir:
@@ -143,14 +152,13 @@ def build(suite: str = "trixie", source_dir: str | Path | None = None, debian_ve
         tree = work_tree(suite, debian_version, patches)
     t_src = time.monotonic() - t0
     bid = build_id(tree, MESON_OPTIONS)
-    tkey = hashlib.sha256(f"{tree}|{suite}|{json.dumps(MESON_OPTIONS)}".encode()).hexdigest()[:10]
-    bdir = sub("builds", f"{suite}-{tkey}")
+    bdir = build_dir_for(tree, suite)
     outd = sub("out")
     log = log or (outd / f"{bid}.log")
     b = Build(id=bid, suite=suite, source=str(tree), build_dir=str(bdir / "build"), tarball=str(outd / f"{bid}.tar.gz"),
               version=_tree_version(tree), patches=[str(p) for p in patches], log=str(log))
     cached = outd / f"{bid}.json"
-    if cached.exists() and Path(b.tarball).exists():
+    if cached.exists() and Path(b.tarball).exists() and not force:
         say(f"libvirt build {bid}: already built, reusing")
         return Build(**json.loads(cached.read_text()))
     ch = chroot.ensure(suite)
@@ -183,8 +191,20 @@ def build(suite: str = "trixie", source_dir: str | Path | None = None, debian_ve
     b.seconds = {"source": round(t_src, 1), "chroot": round(t1 - t0 - t_src, 1), "setup": round(t2 - t1, 1),
                  "compile": round(t3 - t2, 1), "install_pack": round(t4 - t3, 1), "total": round(t4 - t0, 1)}
     cached.write_text(json.dumps(asdict(b), indent=2))
+    _prune(outd, keep=KEEP_BUILDS)
     say(f"libvirt build {bid}: done in {b.seconds['total']} s ({b.seconds})")
     return b
+
+
+KEEP_BUILDS = 24
+
+
+def _prune(outd: Path, keep: int) -> None:
+    """Keep the newest `keep` packed builds (a bisect adds one per step, ~25 MB each)."""
+    packs = sorted(outd.glob("*.tar.gz"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for p in packs[keep:]:
+        for f in (p, p.with_name(p.name[:-len(".tar.gz")] + ".json")):
+            f.unlink(missing_ok=True)
 
 
 def _stamp(dest: Path, bid: str) -> dict:
