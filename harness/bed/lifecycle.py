@@ -1,6 +1,7 @@
 """Bed lifecycle in one place: up, wait until libvirtd answers, down (leaving nothing behind)."""
 from __future__ import annotations
 
+import contextlib
 import shutil
 import subprocess
 import time
@@ -22,8 +23,19 @@ def default_name(suite: str, via: str = "qemu") -> str:
     return suite if via == "qemu" else f"{suite}-{via}"
 
 
-def _lock(name: str) -> FileLock:
-    return FileLock(str(state_mod.bed_dir(name)) + ".lock")
+@contextlib.contextmanager
+def exclusive(name: str):
+    """Only one 'bed up'/'bed down' per bed name at a time; a second one is refused, not queued."""
+    lock = FileLock(str(state_mod.bed_dir(name)) + ".lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise HarnessError(f"another 'bed up' or 'bed down' for bed {name!r} is running",
+                           hint="wait for it, or run 'harness bed status'") from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _make_keys(d: Path) -> None:
@@ -44,13 +56,7 @@ def up(suite: str = "trixie", via: str = "qemu", name: str | None = None, memory
         raise HarnessError(f"unknown launcher {via!r}", hint="use --via qemu or --via vagrant")
     image_mod.require_tools("qemu-system-x86_64", "qemu-img", "ssh", "ssh-keygen")
     name = name or default_name(suite, via)
-    lock = _lock(name)
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        raise HarnessError(f"another 'bed up' or 'bed down' for bed {name!r} is running",
-                           hint="wait for it, or run 'harness bed status'") from None
-    try:
+    with exclusive(name):
         existing = state_mod.load(name)
         if existing and qemu.alive(existing.pid):
             say(f"bed {name}: already up (pid {existing.pid}, port {existing.ssh_port}); reusing")
@@ -83,8 +89,6 @@ def up(suite: str = "trixie", via: str = "qemu", name: str | None = None, memory
             _cleanup(bed)
             raise
         return bed
-    finally:
-        lock.release()
 
 
 def wait_ready(bed: BedInfo, timeout: float = BOOT_TIMEOUT) -> None:
@@ -141,20 +145,12 @@ def _cleanup(bed: BedInfo) -> list[str]:
 
 
 def down(name: str) -> list[str]:
-    lock = _lock(name)
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        raise HarnessError(f"another 'bed up' or 'bed down' for bed {name!r} is running",
-                           hint="wait for it to finish") from None
-    try:
+    with exclusive(name):
         bed = state_mod.load(name)
         if bed is None:
             raise HarnessError(f"no bed named {name!r} is up",
                                hint="'harness bed status' lists the beds; nothing to take down")
         return _cleanup(bed)
-    finally:
-        lock.release()
 
 
 def alive(bed: BedInfo) -> bool:

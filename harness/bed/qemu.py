@@ -86,7 +86,8 @@ def start(bed: BedInfo, img: Image) -> None:
     bed.pid = int((d / "qemu.pid").read_text().strip())
 
 
-def alive(pid: int) -> bool:
+def pid_alive(pid: int, needle: bytes | None = None) -> bool:
+    """True if pid runs (not a zombie: its cmdline is empty) and, if given, its cmdline has needle."""
     if pid <= 0:
         return False
     try:
@@ -97,9 +98,14 @@ def alive(pid: int) -> bool:
         return True
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return b"qemu-system" in f.read()
+            cmd = f.read()
     except OSError:
         return False
+    return bool(cmd) and (needle is None or needle in cmd)
+
+
+def alive(pid: int) -> bool:
+    return pid_alive(pid, b"qemu-system")
 
 
 def stop(bed: BedInfo, grace: float = 10.0) -> bool:

@@ -47,13 +47,13 @@ import threading
 import time
 from pathlib import Path
 
-from filelock import FileLock, Timeout
+from filelock import FileLock
 
 from harness import paths
 from harness.bed import accel as accel_mod
 from harness.bed import box as box_mod
 from harness.bed import image as image_mod
-from harness.bed import lifecycle
+from harness.bed import lifecycle, qemu
 from harness.bed import state as state_mod
 from harness.bed.state import BedInfo
 from harness.errors import HarnessError
@@ -107,18 +107,6 @@ def vagrant_home() -> Path:
 
 def netns_exists(ns: str) -> bool:
     return os.path.exists(f"/run/netns/{ns}")
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _read_pid(f: Path) -> int:
@@ -352,13 +340,7 @@ def up(suite: str = "trixie", name: str | None = None, memory_mib: int = 4096, c
     if os.geteuid() != 0:
         raise HarnessError("the Vagrant bed needs root (network namespace, libvirtd, bind mounts)")
     name = name or lifecycle.default_name(suite, "vagrant")
-    lock = FileLock(str(state_mod.bed_dir(name)) + ".lock")
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        raise HarnessError(f"another 'bed up' or 'bed down' for bed {name!r} is running",
-                           hint="wait for it, or run 'harness bed status'") from None
-    try:
+    with lifecycle.exclusive(name):
         existing = state_mod.load(name)
         if existing and existing.via == "vagrant" and alive(existing):
             say(f"bed {name}: already up (vagrant, {existing.ssh_host} in netns {existing.extra.get('netns')}); reusing")
@@ -416,8 +398,6 @@ def up(suite: str = "trixie", name: str | None = None, memory_mib: int = 4096, c
                 say(f"bed {name}: up failed; logs kept in {kept}", warn=True)
             raise
         return bed
-    finally:
-        lock.release()
 
 
 def _keep_logs(bed: BedInfo) -> Path | None:
@@ -446,7 +426,7 @@ def status(bed: BedInfo) -> str:
     ns = bed.extra.get("netns") or ns_name(bed.name)
     if not netns_exists(ns):
         return "not running (no netns)"
-    if not _pid_alive(_read_pid(bed.path / "libvirtd.pid")):
+    if not qemu.pid_alive(_read_pid(bed.path / "libvirtd.pid")):
         return "not running (no libvirtd)"
     dom = bed.extra.get("domain")
     if not dom:
@@ -521,7 +501,7 @@ def down(bed: BedInfo) -> list[str]:
     done: list[str] = []
     ns = bed.extra.get("netns") or ns_name(bed.name)
     t0 = time.monotonic()
-    libvirtd_up = netns_exists(ns) and _pid_alive(_read_pid(bed.path / "libvirtd.pid"))
+    libvirtd_up = netns_exists(ns) and qemu.pid_alive(_read_pid(bed.path / "libvirtd.pid"))
     if libvirtd_up and (bed.path / ".vagrant").exists():
         try:
             p = _vagrant(bed, "destroy", "-f", timeout=300, check=False)

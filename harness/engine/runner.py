@@ -126,17 +126,26 @@ class Runner:
             say(f"{self.sc.name}: leased " + ", ".join(f"{s}={a}" for s, a in self.r.addrs.items()))
 
     def _prepare(self) -> None:
+        """Give every device its MAC (explicit ones first, so generated ones never collide), its
+        identity key for the oracle, and note the user aliases it was written with."""
         self.devs = {d.id: d for d in all_devices(self.sc)}
+        for d in self.devs.values():
+            if d.spec.get("mac"):
+                self.r.macs[d.id] = d.spec["mac"]
         for d in self.devs.values():
             if d.kind != "hostdev":
                 self.r.mac_for(d.id)
         self.keys: dict[str, str] = {}
+        self.user_aliases: dict[str, str] = {}
         for d in self.devs.values():
             try:
-                self.keys[d.id] = oracle.key_of(xmlbuild.device_element(d, self.r))
+                el = xmlbuild.device_element(d, self.r)
             except KeyError:
-                pass   # refers to a bridge not known before its network starts; keyed by MAC below
-        self.user_aliases = {i: d.spec["alias"] for i, d in self.devs.items() if d.spec.get("alias")}
+                continue   # refers to a bridge not known before its network starts; keyed when attached
+            self.keys[d.id] = oracle.key_of(el)
+            a = el.find("alias")
+            if a is not None and a.get("name", "").startswith("ua-"):
+                self.user_aliases[d.id] = a.get("name")
         self.virt_type = self.sc.domain.type if self.sc.domain.type != "auto" else (
             "kvm" if self.t.kvm_available else "qemu")
         self.console_log = f"/var/log/libvirt/qemu/{self.dom_name}-console.log"

@@ -4,7 +4,6 @@ tell the same story a person needs in the morning."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
