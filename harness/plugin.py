@@ -268,9 +268,11 @@ class HarnessSession:
         try:
             self._write_run()
         finally:
-            self._bed_down_if_ours()
-            for f in paths.beds_dir().glob(f"session-{self.sid}*"):
-                f.unlink(missing_ok=True)
+            try:
+                self._bed_down_if_ours()
+            finally:
+                for f in paths.beds_dir().glob(f"session-{self.sid}*"):
+                    f.unlink(missing_ok=True)
 
     def _write_run(self) -> None:
         note = paths.beds_dir() / f"session-{self.sid}.rundir"
