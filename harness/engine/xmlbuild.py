@@ -191,7 +191,7 @@ def domain_xml(name: str, dom: Domain, r: Resolved, virt_type: str, all_devices:
     if dom.guest:
         ET.SubElement(os_el, "kernel").text = GUEST_KERNEL
         ET.SubElement(os_el, "initrd").text = GUEST_INITRD
-        ET.SubElement(os_el, "cmdline").text = "console=ttyS0 quiet panic=-1"
+        ET.SubElement(os_el, "cmdline").text = "console=ttyS0 panic=-1"
     feats = ET.SubElement(root, "features")
     ET.SubElement(feats, "acpi")
     ET.SubElement(root, "on_reboot").text = "destroy"

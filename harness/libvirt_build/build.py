@@ -117,6 +117,27 @@ def work_tree(suite: str, version: str | None, patches: list[Path]) -> Path:
     return wt
 
 
+def _patched_copy(tree: Path, patches: list[Path]) -> Path:
+    """The user's tree is never modified: patches go onto a reused shared clone of its HEAD."""
+    if not (tree / ".git").exists():
+        raise HarnessError(f"--patch with --source needs a git tree ({tree} is not one)")
+    if _git(tree, "status", "--porcelain", "--untracked-files=no").strip():
+        say(f"{tree} has uncommitted changes: the patched build uses its HEAD only", warn=True)
+    wt = sub("work") / ("user-" + hashlib.sha256(str(tree).encode()).hexdigest()[:10])
+    if not (wt / ".git").exists():
+        shutil.rmtree(wt, ignore_errors=True)
+        subprocess.run(["git", "-c", "safe.directory=*", "clone", "-q", "--shared", str(tree), str(wt)], check=True)
+    _git(wt, "fetch", "-q", str(tree), "HEAD")
+    _git(wt, "reset", "-q", "--hard", "FETCH_HEAD")
+    _git(wt, "clean", "-q", "-fd")
+    for p in patches:
+        out = subprocess.run(["git", "-c", "safe.directory=*", "-C", str(wt), "apply", str(p.resolve())],
+                             capture_output=True, text=True)
+        if out.returncode != 0:
+            raise HarnessError(f"patch {p} does not apply to {tree} (HEAD): {out.stderr[-800:]}")
+    return wt
+
+
 def build_dir_for(tree: Path, suite: str) -> Path:
     """The reused build folder of a source tree (one per tree path, suite and option set)."""
     tkey = hashlib.sha256(f"{Path(tree).resolve()}|{suite}|{json.dumps(MESON_OPTIONS)}".encode()).hexdigest()[:10]
@@ -143,11 +164,8 @@ def build(suite: str = "trixie", source_dir: str | Path | None = None, debian_ve
         tree = Path(source_dir).resolve()
         if not (tree / "meson.build").exists():
             raise HarnessError(f"{tree} is not a libvirt source tree (no meson.build)")
-        for p in patches:
-            out = subprocess.run(["git", "-c", "safe.directory=*", "-C", str(tree), "apply", str(p.resolve())],
-                                 capture_output=True, text=True)
-            if out.returncode != 0:
-                raise HarnessError(f"patch {p} does not apply to {tree}: {out.stderr[-800:]}")
+        if patches:
+            tree = _patched_copy(tree, patches)
     else:
         tree = work_tree(suite, debian_version, patches)
     t_src = time.monotonic() - t0

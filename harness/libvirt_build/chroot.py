@@ -31,11 +31,18 @@ BUILD_DEPS = [
     "kmod", "iproute2", "dnsmasq-base", "nftables", "iptables", "openssh-client", "qemu-system-common",
 ]
 
+#: per suite: libvirt 9.0.0 (bookworm) still parses QEMU's JSON with yajl.
+SUITE_DEPS = {"bookworm": ["libyajl-dev"]}
+
 RECIPE_VERSION = "1"
 
 
+def deps(suite: str) -> list[str]:
+    return BUILD_DEPS + SUITE_DEPS.get(suite, [])
+
+
 def key(suite: str) -> str:
-    h = hashlib.sha256(json.dumps([suite, sorted(BUILD_DEPS), RECIPE_VERSION]).encode()).hexdigest()[:10]
+    h = hashlib.sha256(json.dumps([suite, sorted(deps(suite)), RECIPE_VERSION]).encode()).hexdigest()[:10]
     return f"{suite}-{h}"
 
 
@@ -56,14 +63,14 @@ def ensure(suite: str) -> Path:
         tmp = Path(str(d) + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(d, ignore_errors=True)
-        cmd = ["mmdebstrap", "--mode=root", "--variant=apt", "--quiet", "--include=" + ",".join(BUILD_DEPS),
+        cmd = ["mmdebstrap", "--mode=root", "--variant=apt", "--quiet", "--include=" + ",".join(deps(suite)),
                "--aptopt=Acquire::Retries 3",
                "--dpkgopt=path-exclude=/usr/share/doc/*", "--dpkgopt=path-exclude=/usr/share/man/*",
                "--dpkgopt=path-exclude=/usr/share/locale/*", suite, str(tmp)]
         m = image.host_mirror()
         if m:
             cmd.append(m)
-        say(f"build chroot {key(suite)}: mmdebstrap with {len(BUILD_DEPS)} build deps")
+        say(f"build chroot {key(suite)}: mmdebstrap with {len(deps(suite))} build deps")
         t0 = time.monotonic()
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
         if p.returncode != 0:
@@ -72,7 +79,7 @@ def ensure(suite: str) -> Path:
         for m_ in ("src", "build", "ccache", "out"):
             (tmp / m_).mkdir(exist_ok=True)
         secs = round(time.monotonic() - t0, 1)
-        (tmp / ".hx-ready").write_text(json.dumps({"suite": suite, "seconds": secs, "packages": BUILD_DEPS}))
+        (tmp / ".hx-ready").write_text(json.dumps({"suite": suite, "seconds": secs, "packages": deps(suite)}))
         tmp.rename(d)
         say(f"build chroot {key(suite)}: ready in {secs} s")
     return d
