@@ -1,7 +1,7 @@
 """Benchmark: time to a ready bed, cold (empty cache: image build + boot) and warm (cached image),
 and the bed's idle memory. Medians over --runs. Writes results/bench/bed.json.
 
-    .venv/bin/python bench/bed.py [--suite trixie] [--cold-runs 1] [--warm-runs 3]
+    .venv/bin/python -m bench.bed [--suite trixie] [--cold-runs 1] [--warm-runs 3]
 """
 from __future__ import annotations
 

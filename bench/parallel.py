@@ -1,7 +1,7 @@
 """Benchmark: whole-catalog wall time on one bed at -n 1 and -n 2 (pytest-xdist), side by side.
 Writes results/bench/parallel.json with the ratio and what limits scaling.
 
-    .venv/bin/python bench/parallel.py [--bed trixie] [-k EXPR]
+    .venv/bin/python -m bench.parallel [--bed trixie] [-k EXPR]
 """
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 the harness's wall time to the time spent inside libvirt calls and bed commands (target <= 1.05).
 Needs a bed that is up (or pass --bed). Writes results/bench/scenarios.json.
 
-    .venv/bin/python bench/scenarios.py [--bed trixie] [--seed-runs 5] [--workers 1]
+    .venv/bin/python -m bench.scenarios [--bed trixie] [--seed-runs 5] [--workers 1]
 """
 from __future__ import annotations
 
@@ -37,12 +37,19 @@ def run_catalog(bed: str, k: str | None, workers: int) -> tuple[float, dict]:
     return wall, summary
 
 
+def catalog_figures(s: dict, wall: float, workers: int, source: str | None) -> dict:
+    return {"workers": workers, "wall_s": round(wall, 1), "counts": s["counts"], "libvirt": s["meta"].get("libvirt"),
+            "source_run": source, "median_scenario_s": median([r["duration_s"] for r in s["scenarios"]]),
+            "per_scenario_s": {r["scenario"]: r["duration_s"] for r in s["scenarios"]}}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--bed", default="trixie")
     ap.add_argument("--seed-runs", type=int, default=5)
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--skip-catalog", action="store_true")
+    ap.add_argument("--from-run", help="take the catalog figures from this finished run folder instead of re-running")
     a = ap.parse_args()
     seed = []
     for _ in range(a.seed_runs):
@@ -54,11 +61,12 @@ def main() -> None:
                                   "median_libvirt_s": median([x["libvirt_s"] for x in seed]),
                                   "median_ratio": median([x["ratio"] for x in seed if x["ratio"]]),
                                   "target_ratio": 1.05}}
-    if not a.skip_catalog:
+    if a.from_run:
+        s = json.loads((Path(a.from_run) / "summary.json").read_text())
+        out["catalog"] = catalog_figures(s, sum(r["duration_s"] for r in s["scenarios"]), 1, a.from_run)
+    elif not a.skip_catalog:
         wall, s = run_catalog(a.bed, None, a.workers)
-        out["catalog"] = {"workers": a.workers, "wall_s": round(wall, 1), "counts": s["counts"],
-                          "libvirt": s["meta"].get("libvirt"),
-                          "per_scenario_s": {r["scenario"]: r["duration_s"] for r in s["scenarios"]}}
+        out["catalog"] = catalog_figures(s, wall, a.workers, None)
     write("scenarios", out)
 
 

@@ -2,7 +2,7 @@
 no guest), with the oracle checking aliases after every step. Measures libvirtd's memory and open
 file descriptors before and after, and checks that no VF leaked. Writes results/bench/soak.json.
 
-    .venv/bin/python bench/soak.py [--bed trixie] [--cycles 200]
+    .venv/bin/python -m bench.soak [--bed trixie] [--cycles 200]
 """
 from __future__ import annotations
 
