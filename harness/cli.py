@@ -84,12 +84,15 @@ def cmd_bed_status(args) -> int:
             if e.get("libvirt_build"):
                 lb_ = e["libvirt_build"]
                 print(f"  libvirt build: {lb_['id']}" + ("" if lb_["id"] == "stock" else
-                      f" (verified: {lb_['verified']}; domain log: {lb_.get('domain_log_package')})"))
+                      f" (verified: {lb_['verified']}; newest domain log names it: {lb_.get('domain_log_names_build')}:"
+                      f" {lb_.get('domain_log_package')})"))
     return rc
 
 
 def cmd_bed_down(args) -> int:
     from harness.bed import lifecycle, state
+    if not (args.name or args.suite_filter or args.all):
+        raise HarnessError("say which bed to take down", hint="--name NAME, --suite S, or --all")
     names = [args.name] if args.name else [b.name for b in state.all_beds()
                                             if not args.suite_filter or b.suite == args.suite_filter]
     if not names:
@@ -191,7 +194,7 @@ def cmd_libvirt_build(args) -> int:
 def cmd_mutants(args) -> int:
     from harness.libvirt_build import mutants
     return mutants.run(suite=args.suite, bed_name=args.bed, k=args.k, debian_version=args.debian_version,
-                       only=args.only, keep_bed=args.keep_bed)
+                       only=args.only, keep_bed=args.keep_bed, skip_control=args.skip_control)
 
 
 def cmd_bisect(args) -> int:
@@ -225,6 +228,7 @@ def parser() -> argparse.ArgumentParser:
     d = bed.add_parser("down", help="stop a bed and remove everything it left")
     d.add_argument("--name")
     d.add_argument("--suite", dest="suite_filter")
+    d.add_argument("--all", action="store_true", help="every bed that is up")
     d.set_defaults(fn=cmd_bed_down)
     w = bed.add_parser("sweep", help="remove hx-* domains and networks left by earlier runs")
     w.add_argument("--name")
@@ -267,6 +271,8 @@ def parser() -> argparse.ArgumentParser:
     mu.add_argument("--debian-version")
     mu.add_argument("--only", action="append", help="only mutants whose name contains this (repeatable)")
     mu.add_argument("--keep-bed", action="store_true")
+    mu.add_argument("--skip-control", action="store_true",
+                    help="reuse the control verdicts of the previous results/mutants.json (marked carried_over)")
     mu.set_defaults(fn=cmd_mutants)
     bi = sub.add_parser("bisect", help="git bisect run: build, install into the bed, run scenarios per step")
     bi.add_argument("--source", required=True, help="libvirt git tree")

@@ -94,10 +94,9 @@ def step(source_dir: str, suite: str, bed_name: str, k: str | None, log_dir: str
         rec["verdicts"] = v
         if r["summary"] is None:
             return finish(SKIP, "the scenario run wrote no summary: " + r["output_tail"][-300:])
-        failed = {s: m for s, m in v["failed"].items()
-                  if _verdict_of(r["summary"], s) == "failed"}
-        errored = {s: m for s, m in v["failed"].items() if s not in failed}
-        if not (v["passed"] or v["failed"]):
+        failed = v["failed"]
+        errored = v["errors"]
+        if not (v["passed"] or v["failed"] or v["errors"]):
             return finish(SKIP, "nothing collected/ran (check -k)")
         if failed:
             rec["failing"] = failed
@@ -114,13 +113,6 @@ def step(source_dir: str, suite: str, bed_name: str, k: str | None, log_dir: str
             (logd / f"{name}.json").write_text(json.dumps(rec, indent=2))
             return 255
         return finish(SKIP, f"infrastructure error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
-
-
-def _verdict_of(summary: dict, scenario: str) -> str | None:
-    for sc in summary.get("scenarios", []):
-        if sc.get("scenario") == scenario:
-            return sc.get("verdict")
-    return None
 
 
 def bisect(source_dir: str, good: str, bad: str, k: str | None = None, suite: str = "trixie",

@@ -8,13 +8,13 @@ mapped (/proc/PID/maps) against the build's own list, and, when a domain log exi
 from __future__ import annotations
 
 import json
-import shlex
+import os
 import subprocess
 import time
 from pathlib import Path
 
 from harness.errors import HarnessError
-from harness.libvirt_build.build import MARKER, Build
+from harness.libvirt_build.build import MANIFEST, MARKER, Build
 from harness.progress import say
 
 REMOTE_TAR = "/var/tmp/hx-libvirt-build.tar.gz"
@@ -31,9 +31,11 @@ def _ssh(bed, cmd: str, timeout: float = 120) -> subprocess.CompletedProcess:
 def install(bed, build: Build, timeout: float = 180) -> dict:
     """Put `build` into the running bed and restart the daemons. Returns timings."""
     t0 = time.monotonic()
-    tar = Path(build.tarball)
+    tar, sent = _delta(bed, Path(build.tarball))
     with open(tar, "rb") as f:
         p = subprocess.run(bed.ssh_argv(f"cat > {REMOTE_TAR}"), stdin=f, capture_output=True, timeout=timeout)
+    if tar != Path(build.tarball):
+        tar.unlink(missing_ok=True)
     if p.returncode != 0:
         raise HarnessError(f"bed {bed.name}: copying the build failed: {p.stderr.decode()[-500:]}")
     t1 = time.monotonic()
@@ -55,9 +57,46 @@ def install(bed, build: Build, timeout: float = 180) -> dict:
     got = installed_build(bed)
     if got.get("id") != build.id or not got.get("verified"):
         raise HarnessError(f"bed {bed.name}: the running libvirtd is not build {build.id}: {json.dumps(got)[:1500]}")
-    secs = {"copy": round(t1 - t0, 1), "unpack_restart": round(t2 - t1, 1), "total": round(time.monotonic() - t0, 1)}
+    secs = {"copy": round(t1 - t0, 1), "unpack_restart": round(t2 - t1, 1), "total": round(time.monotonic() - t0, 1),
+            "files_sent": sent}
     say(f"bed {bed.name}: build {build.id} installed and running ({secs['total']} s)")
     return secs
+
+
+def _delta(bed, full: Path) -> tuple[Path, int]:
+    """A tarball of only the files that differ from what the bed has (by the manifest the last install left).
+
+    Falls back to the full tarball when the bed has no manifest (stock packages) or anything is unclear.
+    """
+    import tarfile
+    import tempfile
+    try:
+        p = bed.ssh(f"cat /{MANIFEST} 2>/dev/null", timeout=60)
+        have = json.loads(p.stdout) if p.returncode == 0 and p.stdout.strip() else None
+    except (subprocess.SubprocessError, ValueError):
+        have = None
+    with tarfile.open(full, "r:gz") as src:
+        members = src.getmembers()
+        if have is None:
+            return full, sum(1 for m in members if m.isfile())
+        try:
+            want = json.loads(src.extractfile(MANIFEST).read())
+        except (KeyError, ValueError, AttributeError):
+            return full, sum(1 for m in members if m.isfile())
+        fd, name = tempfile.mkstemp(suffix=".tar.gz", prefix="hx-delta-")
+        os.close(fd)
+        sent = 0
+        with tarfile.open(name, "w:gz", compresslevel=3) as dst:
+            for m in members:
+                path = "/" + m.name
+                if m.isfile():
+                    if path in want and have.get(path) == want[path] and not m.name.startswith("usr/lib/libvirt/hx-"):
+                        continue
+                    dst.addfile(m, src.extractfile(m))
+                    sent += 1
+                elif not m.isdir():
+                    dst.addfile(m)          # symlinks: cheap, always
+        return Path(name), sent
 
 
 def installed_build(bed) -> dict:
@@ -105,6 +144,9 @@ L=$(ls -t /var/log/libvirt/qemu/*.log 2>/dev/null | head -1)
                 listed = json.loads(line[5:]).get("sha256", {})
             except ValueError:
                 out["mismatches"].append("hx-build.json unreadable")
+    # the newest domain log may predate this build (no domain started since the install): say so
+    out["domain_log_names_build"] = bool(out["id"] and out["domain_log_package"]
+                                         and f"hx-{out['id']}" in out["domain_log_package"])
     if out["id"] == STOCK or not out["daemon_pid"]:
         return out
     for f, s in sums.items():

@@ -47,7 +47,7 @@ def run_scenarios(bed, out_dir: Path, k: str | None = None, timeout: float = 360
     """Run the catalog (or -k EXPR) against `bed`; results go to out_dir. Returns the summary + exit code."""
     out_dir.mkdir(parents=True, exist_ok=True)
     argv = [sys.executable, "-m", "pytest", "scenarios", "-p", "no:cacheprovider", "--bed", bed.name,
-            "--no-bed-up", "-q", "-rfEs", "--results-dir", str(out_dir)]
+            "--no-bed-up", "--sweep", "-q", "-rfEs", "--results-dir", str(out_dir)]
     if k:
         argv += ["-k", k]
     argv += extra or []
@@ -81,7 +81,7 @@ def failure_text(f) -> str:
 
 def verdicts(run: dict) -> dict:
     """{passed: [...], failed: {scenario: failure text}, skipped: [...], other: {...}} from a run."""
-    out = {"passed": [], "failed": {}, "skipped": [], "other": {}}
+    out = {"passed": [], "failed": {}, "errors": {}, "skipped": [], "other": {}}
     s = run.get("summary")
     if not s:
         return out
@@ -92,8 +92,11 @@ def verdicts(run: dict) -> dict:
             out["passed"].append(sc["scenario"])
         elif v == "skipped":
             out["skipped"].append(sc["scenario"])
-        elif v in ("failed", "error"):
+        elif v == "failed":
             out["failed"][sc["scenario"]] = text.strip()[:1500]
+        elif v == "error":
+            # harness/infrastructure trouble (bed unreachable, connection lost): not a verdict on libvirt
+            out["errors"][sc["scenario"]] = text.strip()[:1500] or "error verdict (see the run's pytest.log)"
         else:
             out["other"][sc["scenario"]] = v
     return out
@@ -111,7 +114,7 @@ def _bed_for(suite: str, bed_name: str | None):
 
 def run(suite: str = "trixie", bed_name: str | None = None, k: str | None = None,
         debian_version: str | None = None, only: list[str] | None = None, keep_bed: bool = False,
-        out: Path | None = None) -> int:
+        out: Path | None = None, skip_control: bool = False) -> int:
     """Build control + each mutant, run the scenarios on each, write results/mutants.json. Exit code."""
     t0 = time.monotonic()
     base = source.prepare(suite, debian_version)
@@ -125,12 +128,36 @@ def run(suite: str = "trixie", bed_name: str | None = None, k: str | None = None
     runs_dir = paths.results_dir() / "mutants"
     # build everything first: a patch that does not build is reported before any bed time is spent
     builds = {"control": build_mod.build(suite, debian_version=debian_version)}
+    prev_control = None
+    if skip_control:
+        # reuse the control verdicts of the previous run (same source); reported as carried over
+        try:
+            prev_control = json.loads(out.read_text())["control"]
+        except (OSError, ValueError, KeyError, TypeError):
+            prev_control = None
+        if not prev_control:
+            raise HarnessError("--skip-control needs an earlier results/mutants.json with a control run")
+        prev_control["carried_over"] = True
+        del builds["control"]
     for name, p in patches.items():
         builds[name] = build_mod.build(suite, debian_version=debian_version, patches=[p])
     bed, owned = _bed_for(suite, bed_name)
-    report = {"suite": suite, "libvirt": version, "bed": bed.name, "k": k, "control": None, "mutants": {},
+    report = {"suite": suite, "libvirt": version, "bed": bed.name, "k": k, "control": prev_control, "mutants": {},
               "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     rc = 0
+    if prev_control is not None:
+        rc |= int(bool(prev_control.get("killed_by") or prev_control.get("errors") or not prev_control.get("passed")))
+    if only and out.exists():
+        # a partial run (--only) keeps the other mutants' latest results, marked as carried over
+        try:
+            prev = json.loads(out.read_text())
+            for n, e in prev.get("mutants", {}).items():
+                if n not in patches and n in mutant_patches(version):
+                    e.setdefault("carried_over_from", prev.get("started"))
+                    report["mutants"][n] = e
+                    rc |= int(not e.get("killed"))
+        except (ValueError, KeyError):
+            pass
     try:
         for name, b in builds.items():
             say(f"mutants: {name} (build {b.id}): installing into bed {bed.name}")
@@ -141,12 +168,13 @@ def run(suite: str = "trixie", bed_name: str | None = None, k: str | None = None
             entry = {"build": b.id, "patch": b.patches, "build_seconds": b.seconds, "install_seconds": inst,
                      "installed": {"id": proof.get("id"), "verified": proof.get("verified")},
                      "run": r["summary_path"], "run_seconds": r["seconds"], "pytest_rc": r["rc"],
-                     "passed": v["passed"], "skipped": v["skipped"], "killed_by": v["failed"], "other": v["other"]}
+                     "passed": v["passed"], "skipped": v["skipped"], "killed_by": v["failed"],
+                     "errors": v["errors"], "other": v["other"]}
             if r["summary"] is None:
                 entry["error"] = "the scenario run wrote no summary:\n" + r["output_tail"][-1500:]
             if name == "control":
                 report["control"] = entry
-                if v["failed"] or entry.get("error") or not v["passed"]:
+                if v["failed"] or v["errors"] or entry.get("error") or not v["passed"]:
                     rc = 1
                     say(f"mutants: CONTROL FAILS {sorted(v['failed'])}", warn=True)
             else:
@@ -177,6 +205,31 @@ def _line(name: str, e: dict) -> str:
     lines = [head]
     for sc, text in e["killed_by"].items():
         lines.append(f"    {sc}: {text.splitlines()[0][:200] if text else '(no message)'}")
+    for sc, text in (e.get("errors") or {}).items():
+        lines.append(f"    ({sc}: infrastructure error, not counted: {text.splitlines()[0][:160]})")
     if e.get("error"):
         lines.append("    " + e["error"].splitlines()[0])
     return "\n".join(lines)
+
+
+def rescore(path: Path | None = None) -> int:
+    """Recompute results/mutants.json from the run summaries it points to (no build, no bed). Exit code."""
+    path = path or (paths.results_dir() / "mutants.json")
+    report = json.loads(path.read_text())
+    rc = 0
+    for name, entry in [("control", report["control"]), *report["mutants"].items()]:
+        if not entry or not entry.get("run"):
+            rc = 1
+            continue
+        v = verdicts({"summary": json.loads(Path(entry["run"]).read_text())})
+        entry.update(passed=v["passed"], skipped=v["skipped"], killed_by=v["failed"], errors=v["errors"],
+                     other=v["other"])
+        if name == "control":
+            rc |= int(bool(v["failed"] or v["errors"] or not v["passed"]))
+        else:
+            entry["killed"] = bool(v["failed"])
+            rc |= int(not v["failed"])
+        print(_line(name, entry))
+    report["ok"] = rc == 0
+    path.write_text(json.dumps(report, indent=2))
+    return rc

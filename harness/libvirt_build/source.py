@@ -12,7 +12,6 @@ import lzma
 import re
 import shutil
 import subprocess
-import tarfile
 import urllib.request
 from pathlib import Path
 

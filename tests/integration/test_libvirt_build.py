@@ -18,7 +18,7 @@ from harness.libvirt_build import build as build_mod
 from harness.libvirt_build import install as install_mod
 from harness.libvirt_build import mutants
 
-pytestmark = [pytest.mark.slow,
+pytestmark = [pytest.mark.slow, pytest.mark.libvirt_build,
               pytest.mark.skipif(os.geteuid() != 0, reason="needs root (mmdebstrap, chroot, bed)")]
 
 SEED = "seed-hostdev-then-hotplug"
@@ -72,8 +72,12 @@ def test_bisect_names_mutant_commit_and_skips_broken_one(bed, tmp_path):
     repo = tmp_path / "libvirt-git"
     demo = bisect_mod.make_demo_repo(repo)
     assert len(demo["commits"]) >= 8
-    r = bisect_mod.bisect(str(repo), good=demo["base"], bad=demo["commits"][-1]["sha"], k=SEED,
-                          bed_name=bed.name, out=tmp_path / "bisect")
+    try:
+        r = bisect_mod.bisect(str(repo), good=demo["base"], bad=demo["commits"][-1]["sha"], k=SEED,
+                              bed_name=bed.name, out=tmp_path / "bisect")
+    finally:   # the build folder of this throw-away tree would stay in the cache (~250 MB)
+        import shutil
+        shutil.rmtree(build_mod.build_dir_for(repo, "trixie"), ignore_errors=True)
     print(bisect_mod.format_result(r))
     assert r["first_bad"] == demo["mutant"], r
     assert demo["broken"] in r["skipped"], r["steps"]

@@ -4,15 +4,13 @@ Measures: the build chroot (cached or fresh: `--fresh-chroot` rebuilds it), the 
 Debian source, one incremental step on the demo repo (build, install, scenarios), and a whole `harness bisect`
 over the 9-commit demo repo (mutant A at c7, c4 does not build).
 
-    PYTHONPATH=. python bench/bisect.py --bed NAME [--fresh-chroot] [--cold-ccache] [-k seed]
+    PYTHONPATH=. python -m bench.bisect_steps --bed NAME [--fresh-chroot] [--cold-ccache] [-k seed]
 """
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
-# this file is named bisect.py: keep its folder off sys.path, or it shadows the stdlib `bisect` module
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import argparse
