@@ -41,3 +41,17 @@ def test_whole_catalog_passes_on_bookworm_libvirt_9():
     assert len(verdicts) >= 20
     # The child session brought the bookworm bed up, so it took it down again.
     assert state.load("bookworm") is None
+
+
+def test_matrix_over_two_suites_writes_a_scenario_by_libvirt_table():
+    p = subprocess.run([sys.executable, "-m", "harness.cli", "matrix", "--suites", "bookworm,trixie",
+                        "-k", "seed-hostdev-then-hotplug"], cwd=REPO, capture_output=True, text=True, timeout=3600)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    text = (paths.results_dir() / "matrix.txt").read_text()
+    header = text.splitlines()[0]
+    assert "9.0.0" in header and "11.3.0" in header, text
+    row = next(line for line in text.splitlines() if line.startswith("seed-hostdev-then-hotplug"))
+    assert row.count("PASS") == 2, text
+    html = (paths.results_dir() / "matrix.html").read_text()
+    assert "seed-hostdev-then-hotplug" in html and "9.0.0" in html
+    assert state.load("bookworm") is None     # the matrix took down the bed it brought up
