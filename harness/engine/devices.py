@@ -40,7 +40,6 @@ print(json.dumps(out))
 EOF"""
 
 IGB_PF, IGB_VF, E1000E = ("0x8086", "0x10c9"), ("0x8086", "0x10ca"), ("0x8086", "0x10d3")
-MGMT_IFNAME_MAC = "52:54:00:00:be:d0"
 
 
 @dataclass

@@ -16,6 +16,7 @@ from harness import oracle, paths
 from harness.engine import xmlbuild
 from filelock import ReadWriteLock
 
+from harness.engine import devices
 from harness.engine.devices import Leases
 from harness.engine.session import Target
 from harness.engine.steps import ACTIONS, StepContext
@@ -62,10 +63,7 @@ def unmet_requirements(sc: Scenario, t: Target) -> str | None:
         return f"needs libvirt {req['libvirt']}, target has {t.libvirt_version}"
     if "qemu" in req and not version_satisfies(t.qemu_version, req["qemu"]):
         return f"needs QEMU {req['qemu']}, target has {t.qemu_version}"
-    have = {"vf": 0, "e1000e": 0, "pf": 0}
-    for n in t.nics:
-        if n.kind in have:
-            have[n.kind] += 1
+    have = devices.counts(t.nics)
     for k, key in (("vf", "vfs"), ("e1000e", "e1000e")):
         if req.get(key, 0) > have[k]:
             return f"needs {req[key]} {k} devices, the target has {have[k]}"
