@@ -33,7 +33,9 @@ def run_suite(suite: str, extra: list[str]) -> tuple[subprocess.CompletedProcess
 
 
 def test_whole_catalog_passes_on_bookworm_libvirt_9():
-    p, summary = run_suite("bookworm", ["-n", "2"])
+    # One retry: a nested-KVM guest on the emulated CPU occasionally hangs at boot; a pass on retry is
+    # reported as flaky in summary.json and the report, never hidden.
+    p, summary = run_suite("bookworm", ["-n", "2", "--harness-retries", "1"])
     assert summary["meta"]["libvirt"].startswith("9.0."), summary["meta"]
     verdicts = {s["scenario"]: s["verdict"] for s in summary["scenarios"]}
     bad = {k: v for k, v in verdicts.items() if v != "passed"}
