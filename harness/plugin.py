@@ -144,6 +144,13 @@ class ScenarioItem(pytest.Item):
                     self.record["failure"] = failure_dict(e, sc, str(art))
                     if attempt == retries:
                         raise
+                except HarnessError as e:      # infrastructure (timeouts, a stuck domain): also retried
+                    self.record["steps"] = runner.steps_log
+                    self.record["verdict"] = "error"
+                    self.record["failure"] = {"message": f"{sc.file}: {e}", "check": "infrastructure",
+                                              "artefacts": str(art)}
+                    if attempt == retries:
+                        raise
         finally:
             self.record["duration_s"] = round(time.monotonic() - t0, 3)
             self.record["libvirt_s"] = round(target.libvirt_seconds - lv0, 3)
