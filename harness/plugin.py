@@ -13,6 +13,7 @@ import shutil
 import time
 from pathlib import Path
 
+import libvirt
 import pytest
 from filelock import FileLock
 
@@ -144,7 +145,8 @@ class ScenarioItem(pytest.Item):
                     self.record["failure"] = failure_dict(e, sc, str(art))
                     if attempt == retries:
                         raise
-                except HarnessError as e:      # infrastructure (timeouts, a stuck domain): also retried
+                except (HarnessError, libvirt.libvirtError) as e:   # infrastructure (a dropped connection,
+                    # a stuck domain): also retried; the next attempt reconnects first
                     self.record["steps"] = runner.steps_log
                     self.record["verdict"] = "error"
                     self.record["failure"] = {"message": f"{sc.file}: {e}", "check": "infrastructure",

@@ -71,7 +71,7 @@ class Conn:
         else:
             raise HarnessError(f"cannot connect to {self.uri.split('?')[0]}: {last}",
                                hint="is the bed up? 'harness bed status'")
-        c.setKeepAlive(5, 6)
+        c.setKeepAlive(10, 12)   # 2 minutes: a bed busy with a nested guest answers late, not never
         self.conn = c
         self._cb_ids = [
             c.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED, self._on_removed, None),
