@@ -85,6 +85,7 @@ class Runner:
         self.dom: libvirt.virDomain | None = None
         self.networks: dict[str, libvirt.virNetwork] = {}
         self.subnets: dict[str, int] = {}
+        self.cleanup_problems: list[str] = []   # filled by _cleanup; the plugin fails the scenario on any
 
     # ---- the fixed sequence ----------------------------------------------------------
     def run(self) -> list[dict]:
@@ -271,8 +272,6 @@ class Runner:
             (self.art / "libvirtd.log").write_text(p.stdout)
         except Exception as e:   # logs are best effort; cleanup must still run
             (self.art / "logs-error.txt").write_text(str(e))
-
-    cleanup_problems: list[str] = []
 
     def _cleanup(self, leases: Leases) -> None:
         """Remove the domain and networks and check every leased VF is back on its host driver."""
