@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
+import shlex
 import subprocess
 import sys
 from dataclasses import asdict
@@ -202,45 +204,127 @@ def cmd_bisect(args) -> int:
     return cli_bisect(args)
 
 
+# --- argument checks: a bad value fails at parse time, naming the option, before anything is built or booted ---
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):   # one line, whatever the user typed (newlines, control characters)
+        super().error("".join(c if c.isprintable() else repr(c)[1:-1] for c in message))
+
+
+def _suite(value: str) -> str:
+    from harness.bed.image import SUITES
+    if value not in SUITES:
+        raise argparse.ArgumentTypeError(f"unknown suite {value[:40]!r} (choose one of: {', '.join(SUITES)})")
+    return value
+
+
+def _suites(value: str) -> str:
+    names = [s for s in value.split(",") if s]
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list of suites, got {value[:40]!r}")
+    for s in names:
+        _suite(s)
+    return value
+
+
+def _int_in(lo: int, hi: int, *words: str):
+    def check(value: str):
+        if value in words:
+            return value
+        try:
+            n = int(value)
+        except ValueError:   # also: more digits than int() accepts
+            n = None
+        if n is None or not lo <= n <= hi:
+            extra = "".join(f" or {w!r}" for w in words)
+            raise argparse.ArgumentTypeError(f"expected an integer from {lo} to {hi}{extra}, got {value[:40]!r}")
+        return n
+    return check
+
+
+_BED_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+
+
+def _bed_name(value: str) -> str:
+    """Bed names become folder names under the cache (removed on 'bed up'/'down') and QEMU/ssh names."""
+    if not _BED_NAME.fullmatch(value):
+        raise argparse.ArgumentTypeError(f"invalid bed name {value[:40]!r} (letters, digits, '.', '_', '-'; "
+                                         "starting with a letter or digit; at most 63)")
+    return value
+
+
+def _is(value: str, kind: str) -> bool:
+    """Path(value).is_dir()/is_file()/exists(), False for names the OS refuses (too long, NUL byte)."""
+    try:
+        return bool(value) and getattr(Path(value), kind)()
+    except (OSError, ValueError):
+        return False
+
+
+def _existing_dir(value: str) -> str:
+    if not _is(value, "is_dir"):
+        raise argparse.ArgumentTypeError(f"no such directory: {value[:80]!r}")
+    return value
+
+
+def _existing_file(value: str) -> str:
+    if not _is(value, "is_file"):
+        raise argparse.ArgumentTypeError(f"no such file: {value[:80]!r}")
+    return value
+
+
+def _run_dir(value: str) -> str:
+    _existing_dir(value)
+    if not _is(str(Path(value) / "summary.json"), "is_file"):
+        raise argparse.ArgumentTypeError(f"{value[:80]!r} is not a run folder (no summary.json)")
+    return value
+
+
+def _new_dir(value: str) -> str:
+    if not value or "\0" in value or len(value) > 4000 or (_is(value, "exists") and not _is(value, "is_dir")):
+        raise argparse.ArgumentTypeError(f"{value[:80]!r} is not a folder to write into")
+    return value
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="harness", description=__doc__)
+    p = _Parser(prog="harness", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
     bed = sub.add_parser("bed", help="the test bed VM").add_subparsers(dest="bedcmd", required=True)
     b = bed.add_parser("build", help="build (or reuse) the bed image from Debian packages")
-    b.add_argument("--suite", default="trixie")
+    b.add_argument("--suite", default="trixie", type=_suite)
     b.add_argument("--box", action="store_true", help="also build the vagrant-libvirt box")
     b.add_argument("--force", action="store_true", help="rebuild even if cached")
     b.set_defaults(fn=cmd_bed_build)
     u = bed.add_parser("up", help="boot a bed and wait until libvirtd answers")
-    u.add_argument("--suite", default="trixie")
+    u.add_argument("--suite", default="trixie", type=_suite)
     u.add_argument("--via", choices=["qemu", "vagrant"], default="qemu")
-    u.add_argument("--name")
-    u.add_argument("--memory", type=int, default=4096, help="MiB")
-    u.add_argument("--cpus", type=int, default=2)
-    u.add_argument("--vfs", type=int, default=4, help="VFs per igb PF (1-7)")
-    u.add_argument("--port", type=int, help="host port for SSH on 127.0.0.1 (default: a free one)")
+    u.add_argument("--name", type=_bed_name)
+    u.add_argument("--memory", type=_int_in(512, 1 << 20), default=4096, help="MiB")
+    u.add_argument("--cpus", type=_int_in(1, 1024), default=2)
+    u.add_argument("--vfs", type=_int_in(1, 7), default=4, help="VFs per igb PF (1-7)")
+    u.add_argument("--port", type=_int_in(1, 65535), help="host port for SSH on 127.0.0.1 (default: a free one)")
     u.add_argument("--accel", choices=["kvm", "tcg"], help="skip detection")
     u.set_defaults(fn=cmd_bed_up)
     s = bed.add_parser("status", help="beds and their preconditions (testinfra)")
     s.add_argument("--json", action="store_true")
-    s.add_argument("--name")
+    s.add_argument("--name", type=_bed_name)
     s.set_defaults(fn=cmd_bed_status)
     d = bed.add_parser("down", help="stop a bed and remove everything it left")
-    d.add_argument("--name")
-    d.add_argument("--suite", dest="suite_filter")
+    d.add_argument("--name", type=_bed_name)
+    d.add_argument("--suite", dest="suite_filter", type=_suite)
     d.add_argument("--all", action="store_true", help="every bed that is up")
     d.set_defaults(fn=cmd_bed_down)
     w = bed.add_parser("sweep", help="remove hx-* domains and networks left by earlier runs")
-    w.add_argument("--name")
-    w.add_argument("--suite", dest="suite_filter")
+    w.add_argument("--name", type=_bed_name)
+    w.add_argument("--suite", dest="suite_filter", type=_suite)
     w.set_defaults(fn=cmd_bed_sweep)
     r = sub.add_parser("run", help="main job: bed up (build if needed), run every scenario, write results/")
-    r.add_argument("--suite", default="trixie")
+    r.add_argument("--suite", default="trixie", type=_suite)
     r.add_argument("--via", choices=["qemu", "vagrant"], default="qemu")
     r.add_argument("-k", help="pytest -k expression")
     r.add_argument("-m", help="pytest -m expression (scenario tags)")
-    r.add_argument("-n", dest="workers", help="pytest-xdist workers")
-    r.add_argument("--retries", type=int, default=0)
+    r.add_argument("-n", dest="workers", type=_int_in(1, 1024, "auto", "logical"), help="pytest-xdist workers")
+    r.add_argument("--retries", type=_int_in(0, 100), default=0)
     r.add_argument("--keep-bed", action="store_true")
     r.set_defaults(fn=cmd_run, takes_extra=True)
     li = sub.add_parser("lint", help="validate every scenario (offline; pytest --collect-only)")
@@ -248,25 +332,25 @@ def parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("report", help="compare a run with the previous one, or merge shards")
     rp.add_argument("--compare", action="store_true", help="(default) new failures, fixed, still failing, flaky")
     rp.add_argument("--run", help="run folder name (default: the newest)")
-    rp.add_argument("--merge", nargs="+", help="shard run folders to merge")
-    rp.add_argument("--out", help="with --merge: the merged run folder")
+    rp.add_argument("--merge", nargs="+", type=_run_dir, help="shard run folders to merge")
+    rp.add_argument("--out", type=_new_dir, help="with --merge: the merged run folder")
     rp.set_defaults(fn=cmd_report)
     m = sub.add_parser("matrix", help="run the catalog on a bed of each suite; scenario x libvirt table")
-    m.add_argument("--suites", default="bookworm,trixie")
+    m.add_argument("--suites", default="bookworm,trixie", type=_suites)
     m.add_argument("-k")
     m.set_defaults(fn=cmd_matrix)
     lv = sub.add_parser("libvirt", help="libvirt built from source for the bed").add_subparsers(dest="lvcmd", required=True)
     lb = lv.add_parser("build", help="build libvirt (Debian source or a git tree) in a chroot of the suite")
-    lb.add_argument("--suite", default="trixie")
+    lb.add_argument("--suite", default="trixie", type=_suite)
     lb_src = lb.add_mutually_exclusive_group()
-    lb_src.add_argument("--source", help="a libvirt source tree (git) instead of Debian's source")
+    lb_src.add_argument("--source", type=_existing_dir, help="a libvirt source tree (git) instead of Debian's source")
     lb_src.add_argument("--debian-version", help="Debian source version (default: the suite's)")
-    lb.add_argument("--patch", action="append", default=[], help="patch to apply (repeatable)")
-    lb.add_argument("--install", metavar="BED", help="also install the build into this running bed")
+    lb.add_argument("--patch", action="append", default=[], type=_existing_file, help="patch to apply (repeatable)")
+    lb.add_argument("--install", metavar="BED", type=_bed_name, help="also install the build into this running bed")
     lb.set_defaults(fn=cmd_libvirt_build)
     mu = sub.add_parser("mutants", help="build control + each mutants/*.patch, run the catalog on each")
-    mu.add_argument("--suite", default="trixie")
-    mu.add_argument("--bed", help="running bed to use (default: bring up hx-mutants-SUITE)")
+    mu.add_argument("--suite", default="trixie", type=_suite)
+    mu.add_argument("--bed", type=_bed_name, help="running bed to use (default: bring up hx-mutants-SUITE)")
     mu.add_argument("-k", help="pytest -k expression (default: the whole catalog)")
     mu.add_argument("--debian-version")
     mu.add_argument("--only", action="append", help="only mutants whose name contains this (repeatable)")
@@ -275,20 +359,23 @@ def parser() -> argparse.ArgumentParser:
                     help="reuse the control verdicts of the previous results/mutants.json (marked carried_over)")
     mu.set_defaults(fn=cmd_mutants)
     bi = sub.add_parser("bisect", help="git bisect run: build, install into the bed, run scenarios per step")
-    bi.add_argument("--source", required=True, help="libvirt git tree")
+    bi.add_argument("--source", required=True, type=_existing_dir, help="libvirt git tree")
     bi.add_argument("--good", required=True)
     bi.add_argument("--bad", required=True)
     bi.add_argument("-k", help="pytest -k expression selecting the scenarios")
-    bi.add_argument("--suite", default="trixie")
-    bi.add_argument("--bed", help="running bed (default: the suite's)")
+    bi.add_argument("--suite", default="trixie", type=_suite)
+    bi.add_argument("--bed", type=_bed_name, help="running bed (default: the suite's)")
     bi.set_defaults(fn=cmd_bisect)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args, extra = parser().parse_known_args(argv)
+    p = parser()
+    args, extra = p.parse_known_args(argv)
     if extra and not getattr(args, "takes_extra", False):
-        parser().error(f"unrecognized arguments: {' '.join(extra)}")
+        p.error(f"unrecognized arguments: {shlex.join(extra)}")
+    if getattr(args, "fn", None) is cmd_report and bool(args.merge) != bool(args.out):
+        p.error("argument --merge/--out: they go together (harness report --merge DIR... --out DIR)")
     try:
         rc = args.fn(args, extra) if getattr(args, "takes_extra", False) else args.fn(args)
     except HarnessError as e:

@@ -15,6 +15,8 @@ from harness import aliases
 #: Device elements libvirt never gives an alias.
 NO_ALIAS = {"emulator", "audio", "graphics"}
 STABLE_STEPS = {"restart-daemon", "suspend-resume", "save-restore", "managedsave-start", "check"}
+#: The only step after which a running domain may be shut off.
+STOP_STEPS = {"destroy"}
 
 
 @dataclass
@@ -23,6 +25,7 @@ class Snapshot:
     inactive_xml: str | None = None      # None when the domain is not defined
     qemu_ids: set[str] | None = None     # QMP qom-list /machine/peripheral
     removed_events: list[str] = field(default_factory=list)   # aliases from device-removed events
+    state: str | None = None             # libvirt's state and reason when not running, e.g. "shut off (crashed)"
 
 
 @dataclass
@@ -50,7 +53,7 @@ class Context:
 
 @dataclass
 class Violation:
-    check: str          # alias-present, alias-unique, alias-stable, alias-family, qemu-ids, attach, detach, expect
+    check: str          # domain-running, alias-present, alias-unique, alias-stable, alias-family, qemu-ids, attach, detach, expect
     expected: str
     actual: str
 
@@ -122,6 +125,11 @@ def check(before: Snapshot | None, after: Snapshot, ctx: Context) -> list[Violat
 
     def name(d: DeviceView) -> str:
         return f"{ids_by_key.get(d.key, d.key)} (<{d.tag}>)"
+
+    # 0. a running domain stays running (QEMU exiting under a hot-plug is the worst regression of all)
+    if before is not None and before.live_xml and not after.live_xml and ctx.step not in STOP_STEPS:
+        v.append(Violation("domain-running", f"the domain to keep running across {ctx.step}",
+                           f"it is {after.state or 'not running'}; QEMU's last words are in qemu.log"))
 
     # 1. every device has an alias, no two equal
     if after.live_xml:

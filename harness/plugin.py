@@ -19,6 +19,7 @@ from filelock import FileLock
 
 from harness import paths
 from harness.errors import HarnessError
+from harness.progress import say
 
 SCENARIO_DIRS = ("scenarios",)
 
@@ -149,10 +150,20 @@ class ScenarioItem(pytest.Item):
                     # a stuck domain): also retried; the next attempt reconnects first
                     self.record["steps"] = runner.steps_log
                     self.record["verdict"] = "error"
-                    self.record["failure"] = {"message": f"{sc.file}: {e}", "check": "infrastructure",
-                                              "artefacts": str(art)}
+                    where = "" if "during " in str(e) else f"during {runner.current or 'set-up'}: "
+                    left = "".join(f"\n  {p}" for p in runner.cleanup_problems)
+                    self.record["failure"] = {"message": f"{sc.file}: {where}{e}{left}",
+                                              "check": "infrastructure", "artefacts": str(art)}
                     if attempt == retries:
                         raise
+                except KeyboardInterrupt:
+                    self.record["steps"] = runner.steps_log
+                    self.record["verdict"] = "error"
+                    self.record["failure"] = {"message": f"{sc.file}: interrupted (Ctrl-C) during "
+                                                         f"{runner.current or 'set-up'}; " + ("cleanup: " + "; ".join(runner.cleanup_problems)
+                                                                if runner.cleanup_problems else "cleaned up"),
+                                              "check": "interrupted", "artefacts": str(art)}
+                    raise
         finally:
             self.record["duration_s"] = round(time.monotonic() - t0, 3)
             self.record["libvirt_s"] = round(target.libvirt_seconds - lv0, 3)
@@ -165,6 +176,10 @@ class ScenarioItem(pytest.Item):
         e = excinfo.value
         if isinstance(e, StepFailure):
             return format_failure(self.record["failure"], self.scenario)
+        if isinstance(e, (HarnessError, libvirt.libvirtError)) and (self.record.get("failure") or {}).get("message"):
+            f = self.record["failure"]
+            return (f"scenario {self.scenario.name}: infrastructure error (not a verdict on libvirt's aliases)\n"
+                    f"  {f['message']}\n  artefacts: {f['artefacts']}")
         if isinstance(e, (HarnessError, ScenarioError, CleanupFailure)):
             return f"scenario {self.scenario.name}: {e}"
         return super().repr_failure(excinfo, style)
@@ -178,7 +193,7 @@ class CleanupFailure(Exception):
 def failure_dict(e, sc, artefacts: str) -> dict:
     return {"step_index": e.index, "step": e.step.describe(), "line": e.step.mark.line if e.step.mark else None,
             "check": e.check, "expected": e.expected, "actual": e.actual, "libvirt_error": e.libvirt_error,
-            "violations": [str(v) for v in e.violations], "artefacts": artefacts,
+            "violations": [str(v) for v in e.violations], "artefacts": artefacts, "evidence": e.evidence,
             "message": f"{sc.file}:{e.step.mark.line if e.step.mark else '?'}: step {e.index + 1} "
                        f"'{e.step.describe()}' [{e.check}] expected {e.expected}; got {e.actual}"}
 
@@ -193,6 +208,8 @@ def format_failure(f: dict, sc) -> str:
         lines.append(f"  libvirt:   {f['libvirt_error']}")
     for v in f.get("violations", [])[1:]:
         lines.append(f"  also:      {v}")
+    if f.get("evidence"):
+        lines += ["  qemu.log (last lines):"] + [f"    {ln}" for ln in f["evidence"].splitlines()]
     lines.append(f"  artefacts: {f['artefacts']}  (live/inactive XML per step, qemu.log, libvirtd.log)")
     return "\n".join(lines)
 
@@ -257,6 +274,8 @@ class HarnessSession:
         with FileLock(str(flag) + ".lock"):
             if flag.exists():
                 return
+            for line in session.sweep_orphans(t):
+                say(f"removed leftovers of an interrupted run: {line}")
             left = session.leftovers(t)
             if left and self.config.getoption("hx_sweep"):
                 session.sweep(t)

@@ -222,7 +222,31 @@ def _vagrant_env(bed: BedInfo) -> dict:
         "HX_BOOT_TIMEOUT": str(int(bed.extra.get("boot_timeout", 600))),
         "HX_URI": "qemu:///system",
     })
+    if bed.extra.get("passthrough"):     # checked in up(); the Vagrantfile checks again before lv.pci
+        env["HX_PASSTHROUGH"] = ",".join(bed.extra["passthrough"])
     return env
+
+
+# --- real passthrough ---------------------------------------------------------------------------
+
+def passthrough_addrs() -> list[str]:
+    """The declared pool of real host NICs (HX_PASSTHROUGH, comma-separated PCI addresses)."""
+    return [a.strip() for a in os.environ.get("HX_PASSTHROUGH", "").split(",") if a.strip()]
+
+
+def check_passthrough(addrs: list[str], pool: list[str] | None = None) -> None:
+    """Refuse (HarnessError, every reason listed) unless each address is a free host NIC in the pool.
+
+    Runs in the harness's own process, i.e. in the host's network namespace, where the host's
+    interfaces are visible; see harness/bed/passthrough.py for the facts it reads."""
+    if not addrs:
+        return
+    from harness.bed import passthrough
+    bad = passthrough.refusals(addrs, pool=passthrough_addrs() if pool is None else pool)
+    if bad:
+        raise HarnessError("real passthrough refused, nothing was created:\n" + "\n".join(f"  {r}" for r in bad),
+                           hint="HX_PASSTHROUGH lists host PCI devices to hand to the bed; list only free NICs "
+                                "(`python3 harness/bed/passthrough.py ADDR` checks one), or unset it")
 
 
 #: vagrant output lines worth a progress line (the rest goes to the log only)
@@ -346,6 +370,10 @@ def up(suite: str = "trixie", name: str | None = None, memory_mib: int = 4096, c
             say(f"bed {name}: already up (vagrant, {existing.ssh_host} in netns {existing.extra.get('netns')}); reusing")
             lifecycle.wait_ready(existing, timeout=60)
             return existing
+        # Before anything is created or cleaned up: a NIC in use is never handed to a VM. (Not for a
+        # live bed reused above: its passed-through NICs are held by its own QEMU and would be refused.)
+        passthrough = passthrough_addrs()
+        check_passthrough(passthrough)
         if existing:
             say(f"bed {name}: cleaning up a dead earlier bed")
             lifecycle._cleanup(existing)
@@ -362,7 +390,8 @@ def up(suite: str = "trixie", name: str | None = None, memory_mib: int = 4096, c
         bed = BedInfo(name=name, suite=suite, via="vagrant", dir=str(d), ssh_host="", ssh_port=22,
                       memory_mib=memory_mib, cpus=cpus, vfs=vfs, image_key=img.key,
                       started=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                      extra={"netns": ns, "box": box_name, "boot_timeout": int(timeout)})
+                      extra={"netns": ns, "box": box_name, "boot_timeout": int(timeout),
+                             **({"passthrough": passthrough} if passthrough else {})})
         bed.accel, bed.accel_reason = accel_mod.detect(img.kernel, accel)
         say(f"bed {name}: vagrant-libvirt driver {'kvm' if bed.accel == 'kvm' else 'qemu (TCG)'} ({bed.accel_reason})")
         host_pub = (d / "host_ed25519.pub").read_text().split()

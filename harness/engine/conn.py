@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import os
 import threading
 import time
 
@@ -41,6 +42,25 @@ class LibvirtTimeout(HarnessError):
     pass
 
 
+_CLOSE_REASONS = {libvirt.VIR_CONNECT_CLOSE_REASON_ERROR: "I/O error on the connection",
+                  libvirt.VIR_CONNECT_CLOSE_REASON_EOF: "libvirtd or the SSH tunnel closed it",
+                  libvirt.VIR_CONNECT_CLOSE_REASON_KEEPALIVE: "keepalive timeout: libvirtd stopped answering",
+                  libvirt.VIR_CONNECT_CLOSE_REASON_CLIENT: "closed by the harness"}
+
+
+def keepalive() -> tuple[int, int]:
+    """(interval s, missed answers) before libvirt declares the daemon dead. Default 10 x 12 = 2
+    minutes: a bed busy with a nested guest answers late, not never. HX_KEEPALIVE="5,4" shortens it."""
+    v = os.environ.get("HX_KEEPALIVE", "10,12")
+    try:
+        i, n = (int(x) for x in v.split(","))
+        if i > 0 and n > 0:
+            return i, n
+    except ValueError:
+        pass
+    raise HarnessError(f"HX_KEEPALIVE={v!r} is not 'interval,count' with two positive integers", hint='e.g. "10,12"')
+
+
 class Conn:
     """One libvirt connection with events. Reconnects on demand (after a daemon restart)."""
 
@@ -53,6 +73,7 @@ class Conn:
         self._cb_ids: list[int] = []
         self.seconds = 0.0            # wall time spent inside libvirt calls (for benchmarks)
         self.conn: libvirt.virConnect | None = None
+        self.closed: str | None = None   # why libvirt closed the connection (set by its close callback)
         _ensure_event_loop()
         libvirt.registerErrorHandler(_silence, None)
         self.connect()
@@ -71,33 +92,42 @@ class Conn:
         else:
             raise HarnessError(f"cannot connect to {self.uri.split('?')[0]}: {last}",
                                hint="is the bed up? 'harness bed status'")
-        c.setKeepAlive(10, 12)   # 2 minutes: a bed busy with a nested guest answers late, not never
+        c.setKeepAlive(*keepalive())
+        self.closed: str | None = None
+        c.registerCloseCallback(self._on_close, None)
         self.conn = c
         self._cb_ids = [
             c.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED, self._on_removed, None),
             c.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_REMOVAL_FAILED,
                                      self._on_removal_failed, None),
+            c.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle, None),
         ]
+
+    def _on_close(self, _conn, reason, _opaque) -> None:
+        with self._cv:
+            self.closed = _CLOSE_REASONS.get(reason, f"reason {reason}")
+            self._cv.notify_all()
 
     def close(self) -> None:
         c, self.conn = self.conn, None
         if c is None:
             return
         try:
+            c.unregisterCloseCallback()
             for i in self._cb_ids:
                 c.domainEventDeregisterAny(i)
             self._bounded(c.close, timeout=10)
         except (libvirt.libvirtError, LibvirtTimeout):
             pass
 
-    def ensure(self) -> None:
+    def ensure(self, reconnect_timeout: float = 90.0) -> None:
         """Reconnect if the connection died (another worker's scenario restarted libvirtd)."""
         try:
-            if self.conn is not None and self._bounded(self.conn.isAlive, timeout=30):
+            if self.conn is not None and not self.closed and self._bounded(self.conn.isAlive, timeout=30):
                 return
         except (libvirt.libvirtError, LibvirtTimeout):
             pass
-        self.reconnect()
+        self.reconnect(timeout=reconnect_timeout)
 
     def reconnect(self, timeout: float = 90.0) -> None:
         self.close()
@@ -134,6 +164,12 @@ class Conn:
             self._events.append((time.monotonic(), dom.name(), "removal-failed", alias))
             self._cv.notify_all()
 
+    def _on_lifecycle(self, _conn, dom, event, _detail, _opaque) -> None:
+        if event == libvirt.VIR_DOMAIN_EVENT_STOPPED:   # QEMU gone: nobody will answer a wait any more
+            with self._cv:
+                self._events.append((time.monotonic(), dom.name(), "stopped", ""))
+                self._cv.notify_all()
+
     def mark(self) -> int:
         with self._cv:
             return len(self._events)
@@ -143,13 +179,18 @@ class Conn:
             return [a for (_, d, k, a) in self._events[mark:] if d == domain and k == kind]
 
     def wait_event(self, mark: int, domain: str, alias: str, timeout: float) -> str | None:
-        """Wait for removed/removal-failed of `alias` after `mark`; returns the kind or None."""
-        deadline = time.monotonic() + timeout
+        """Wait for removed/removal-failed of `alias` after `mark`; returns the kind, "stopped" if the
+        domain stopped meanwhile, or None on timeout."""
+        t0 = time.monotonic()
+        deadline = t0 + timeout
         with self._cv:
             while True:
-                for (_, d, k, a) in self._events[mark:]:
-                    if d == domain and a == alias:
+                for (t, d, k, a) in self._events[mark:]:
+                    if d == domain and (a == alias or (k == "stopped" and t >= t0)):
                         return k
+                if self.closed:
+                    raise HarnessError(f"the libvirt connection closed while waiting for {alias} to be removed "
+                                       f"({self.closed})")
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import secrets
+import shlex
 import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
@@ -16,8 +17,9 @@ from harness import oracle, paths
 from harness.engine import xmlbuild
 from filelock import ReadWriteLock
 
-from harness.engine import devices
+from harness.engine import devices, diagnose
 from harness.engine.devices import Leases
+from harness.engine.journal import Entry, Journal
 from harness.engine.session import Target
 from harness.engine.steps import ACTIONS, StepContext
 from harness.errors import HarnessError
@@ -34,6 +36,7 @@ class StepFailure(Exception):
     actual: str
     libvirt_error: str | None = None
     violations: list[oracle.Violation] = field(default_factory=list)
+    evidence: str | None = None          # e.g. the tail of qemu.log when QEMU went away
 
     def __str__(self) -> str:
         return f"step {self.index + 1} '{self.step.describe()}': [{self.check}] expected {self.expected}; got {self.actual}"
@@ -41,6 +44,10 @@ class StepFailure(Exception):
 
 class ScenarioSkip(Exception):
     pass
+
+
+class InfrastructureError(HarnessError):
+    """The bed, libvirtd or the connection failed under the scenario: not a verdict on libvirt."""
 
 
 def walk_steps(steps: list[Step]):
@@ -81,11 +88,14 @@ class Runner:
         tag = f"{t.worker}{t.run_tag}"
         self.dom_name = f"{paths.PREFIX}{sc.name[:40]}-{tag}-{secrets.token_hex(2)}"
         self.r = xmlbuild.Resolved(salt=self.dom_name)
+        self.console_log = f"/var/log/libvirt/qemu/{self.dom_name}-console.log"
+        self.qemu_log = f"/var/log/libvirt/qemu/{self.dom_name}.log"
         self.steps_log: list[dict] = []
         self.dom: libvirt.virDomain | None = None
         self.networks: dict[str, libvirt.virNetwork] = {}
         self.subnets: dict[str, int] = {}
         self.cleanup_problems: list[str] = []   # filled by _cleanup; the plugin fails the scenario on any
+        self.current: str | None = None         # the step running now, for infrastructure-error messages
 
     # ---- the fixed sequence ----------------------------------------------------------
     def run(self) -> list[dict]:
@@ -100,16 +110,48 @@ class Runner:
             return self._run_leased()
 
     def _run_leased(self) -> list[dict]:
+        journal = Journal(self.t.lock_dir)
         with Leases(self.t.lock_dir, self.t.nics) as leases:
             try:
                 self._lease(leases)
+                # Written before anything exists in the bed: a run that dies now is swept next time.
+                journal.write(Entry(domain=self.dom_name, networks=sorted(self.r.networks.values()),
+                                    pci=[str(a) for a in self.r.addrs.values()], scenario=self.sc.name))
+                self._daemon_before = diagnose.daemon_state(self.t)
                 self._prepare()
                 self._create_networks()
                 self._run_steps()
+            except (libvirt.libvirtError, HarnessError) as e:
+                if isinstance(e, InfrastructureError):
+                    raise
+                raise self._infrastructure(e) from None
             finally:
                 self._collect_logs()
                 self._cleanup(leases)
+                if not self.cleanup_problems:
+                    journal.remove(self.dom_name)
         return self.steps_log
+
+    def _infrastructure(self, e: Exception) -> InfrastructureError:
+        """Wrap what libvirt or SSH said with the fault the bed shows (killed daemon, dead bed, hang)."""
+        said = e.get_error_message() if isinstance(e, libvirt.libvirtError) else getattr(e, "message", str(e))
+        try:
+            why = diagnose.explain(self.t, getattr(self, "_daemon_before", {}),
+                                   getattr(self, "_daemon_before", {}).get("Epoch"))
+        except Exception as d:   # the diagnosis must never hide the error itself
+            why = f"(could not inspect the bed: {d})"
+        where = self.current or "set-up"
+        return InfrastructureError(f"during {where}: {said}" + (f"\n  fault: {why}" if why else ""),
+                                   hint=getattr(e, "hint", None))
+
+    def _connection_lost(self) -> bool:
+        c = self.t.conn
+        if c.closed or c.conn is None:
+            return True
+        try:
+            return not c.call(c.conn.isAlive, timeout=20)
+        except (libvirt.libvirtError, HarnessError):
+            return True
 
     def _lease(self, leases: Leases) -> None:
         for sym, hd in self.sc.devices.items():
@@ -147,7 +189,6 @@ class Runner:
                 self.user_aliases[d.id] = a.get("name")
         self.virt_type = self.sc.domain.type if self.sc.domain.type != "auto" else (
             "kvm" if self.t.kvm_available else "qemu")
-        self.console_log = f"/var/log/libvirt/qemu/{self.dom_name}-console.log"
 
     def domain_xml(self) -> str:
         return xmlbuild.domain_xml(self.dom_name, self.sc.domain, self.r, self.virt_type,
@@ -182,14 +223,22 @@ class Runner:
         c = self.t.conn
         try:
             if c.call(d.isActive):
-                s.live_xml = c.call(d.XMLDesc, 0)
-                s.qemu_ids = c.qemu_ids(d)
+                try:
+                    s.live_xml = c.call(d.XMLDesc, 0)
+                    s.qemu_ids = c.qemu_ids(d)
+                except libvirt.libvirtError as e:   # QEMU went away between the calls
+                    if e.get_error_code() != libvirt.VIR_ERR_OPERATION_INVALID or c.call(d.isActive):
+                        raise
+                    s.live_xml = s.qemu_ids = None
+            if s.live_xml is None:
+                s.state = domain_state(c.call(d.state))
             if c.call(d.isPersistent):
                 s.inactive_xml = c.call(d.XMLDesc, libvirt.VIR_DOMAIN_XML_INACTIVE)
         except libvirt.libvirtError as e:
             if e.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
                 raise
             self.dom = None
+            s.state = "gone (undefined)"
         return s
 
     def _run_steps(self) -> None:
@@ -207,6 +256,7 @@ class Runner:
         i = self.index
         self.index += 1
         say(f"{self.sc.name}: step {i + 1} {step.describe()} ({step.mark})")
+        self.current = f"step {i + 1} '{step.describe()}' ({step.mark})"
         sctx = StepContext(runner=self, step=step)
         lv0 = self.t.libvirt_seconds
         t0 = time.monotonic()
@@ -214,8 +264,12 @@ class Runner:
         try:
             ACTIONS[step.action](sctx)
         except libvirt.libvirtError as e:
+            if self._connection_lost():     # libvirtd or the bed went away: not libvirt's answer
+                raise self._infrastructure(e) from None
             err = e.get_error_message() or str(e)
         except HarnessError as e:
+            if isinstance(e, InfrastructureError) or self._connection_lost():
+                raise self._infrastructure(e) from None
             err = e.message
         after = self.snapshot(sctx.removed)
         dur = time.monotonic() - t0
@@ -249,7 +303,18 @@ class Runner:
 
     def _fail(self, entry, i, step, check, expected, actual, err=None, violations=None):
         entry["verdict"] = "failed"
-        raise StepFailure(i, step, check, expected, actual, err, violations or [])
+        evidence = self._qemu_log_tail() if check == "domain-running" else None
+        raise StepFailure(i, step, check, expected, actual, err, violations or [], evidence)
+
+    def _qemu_log_tail(self, n: int = 8) -> str | None:
+        """The last lines QEMU wrote, so a 3 a.m. reader sees why it exited without opening artefacts."""
+        if self.t.bed is None:
+            return None
+        try:
+            p = self.t.ssh(f"tail -n {n} {shlex.quote(self.qemu_log)}", timeout=30)
+            return p.stdout.strip() or None
+        except Exception:   # best effort: the failure itself is already known
+            return None
 
     def _write_xml(self, i: int, step: Step, s: oracle.Snapshot) -> None:
         slug = re.sub(r"[^a-z0-9]+", "-", step.action)
@@ -265,8 +330,8 @@ class Runner:
         if self.t.bed is None:
             return
         try:
-            p = self.t.ssh(f"cat /var/log/libvirt/qemu/{self.dom_name}.log 2>/dev/null; "
-                           f"echo; echo '--- console ---'; cat {self.console_log} 2>/dev/null", timeout=30)
+            p = self.t.ssh(f"cat {shlex.quote(self.qemu_log)} 2>/dev/null; "
+                           f"echo; echo '--- console ---'; cat {shlex.quote(self.console_log)} 2>/dev/null", timeout=30)
             (self.art / "qemu.log").write_text(p.stdout)
             p = self.t.ssh("tail -n 400 /var/log/libvirt/libvirtd.log 2>/dev/null", timeout=30)
             (self.art / "libvirtd.log").write_text(p.stdout)
@@ -277,6 +342,14 @@ class Runner:
         """Remove the domain and networks and check every leased VF is back on its host driver."""
         c = self.t.conn
         problems = []
+        try:
+            c.ensure(reconnect_timeout=30)
+        except HarnessError as e:
+            self.cleanup_problems = [f"cleanup deferred, the bed does not answer ({e.message}): the next session "
+                                     f"on this bed removes {self.dom_name} and its networks (journal "
+                                     f"{self.t.lock_dir / 'journal'})"]
+            (self.art / "cleanup-problems.txt").write_text(self.cleanup_problems[0] + "\n")
+            return
         try:
             d = c.call(c.conn.lookupByName, self.dom_name)
         except (libvirt.libvirtError, HarnessError):
@@ -305,13 +378,34 @@ class Runner:
         if self.t.bed is not None and self.r.addrs:
             vfs = [str(a) for s, a in self.r.addrs.items() if self.sc.devices[s].kind in ("vf", "e1000e")]
             if vfs:
-                p = self.t.ssh("for d in " + " ".join(vfs) + "; do echo $d $(basename $(readlink /sys/bus/pci/devices/$d/driver)); done", timeout=30)
-                on_vfio = [ln for ln in p.stdout.splitlines() if ln.endswith(" vfio-pci")]
-                if on_vfio:
-                    problems.append("devices not returned to their host driver: " + ", ".join(on_vfio))
+                try:
+                    p = self.t.ssh("for d in " + " ".join(vfs) + "; do echo $d $(basename $(readlink /sys/bus/pci/devices/$d/driver)); done", timeout=30)
+                    on_vfio = [ln for ln in p.stdout.splitlines() if ln.endswith(" vfio-pci")]
+                    if on_vfio:
+                        problems.append("devices not returned to their host driver: " + ", ".join(on_vfio))
+                except HarnessError as e:
+                    problems.append(f"could not check the leased devices' drivers: {e.message}")
         if problems:
             (self.art / "cleanup-problems.txt").write_text("\n".join(problems) + "\n")
             self.cleanup_problems = problems
+
+
+_SHUTOFF_REASONS = {libvirt.VIR_DOMAIN_SHUTOFF_UNKNOWN: "unknown", libvirt.VIR_DOMAIN_SHUTOFF_SHUTDOWN: "guest shut down",
+                    libvirt.VIR_DOMAIN_SHUTOFF_DESTROYED: "destroyed", libvirt.VIR_DOMAIN_SHUTOFF_CRASHED: "crashed",
+                    libvirt.VIR_DOMAIN_SHUTOFF_MIGRATED: "migrated", libvirt.VIR_DOMAIN_SHUTOFF_SAVED: "saved",
+                    libvirt.VIR_DOMAIN_SHUTOFF_FAILED: "failed to start",
+                    libvirt.VIR_DOMAIN_SHUTOFF_FROM_SNAPSHOT: "from snapshot",
+                    libvirt.VIR_DOMAIN_SHUTOFF_DAEMON: "stopped by the daemon"}
+
+
+def domain_state(st: list[int]) -> str:
+    """libvirt's [state, reason] as words for a failure message."""
+    state, reason = st[0], st[1]
+    if state == libvirt.VIR_DOMAIN_SHUTOFF:
+        return f"shut off ({_SHUTOFF_REASONS.get(reason, f'reason {reason}')})"
+    if state == libvirt.VIR_DOMAIN_CRASHED:
+        return "crashed"
+    return f"in state {state} (reason {reason})"
 
 
 def _matches(want: str, got: str | None) -> bool:

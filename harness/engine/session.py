@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +48,10 @@ class Target:
         t0 = time.monotonic()
         try:
             return self.bed.ssh(command, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise HarnessError(f"SSH to the bed {self.bed.name} did not finish within {timeout:.0f} s: "
+                               f"{command.split(';')[0][:80]}",
+                               hint=f"the bed may be hung; 'harness bed status', serial log {self.bed.serial_log}") from None
         finally:
             self.ssh_seconds += time.monotonic() - t0
 
@@ -91,20 +96,49 @@ def open_target(uri: str | None = None, bed: BedInfo | None = None) -> Target:
                   worker=os.environ.get("PYTEST_XDIST_WORKER", "gw0"))
 
 
+def _live_owned(t: Target) -> set[str]:
+    """Names of domains and networks that a running session (any process) is using right now."""
+    from harness.engine.journal import Journal
+    owned: set[str] = set()
+    for e in Journal(t.lock_dir).entries():
+        if e.owner_alive():
+            owned |= {e.domain, *e.networks}
+    return owned
+
+
 def leftovers(t: Target) -> list[str]:
-    """Domains and networks of earlier runs (name prefix hx-)."""
+    """Domains and networks of earlier runs (name prefix hx-) that no running session owns."""
     c = t.conn.conn
-    out = [f"domain {d.name()}" for d in t.conn.call(c.listAllDomains, 0) if d.name().startswith(paths.PREFIX)]
-    out += [f"network {n.name()}" for n in t.conn.call(c.listAllNetworks, 0) if n.name().startswith(paths.PREFIX)]
+    owned = _live_owned(t)
+    out = [f"domain {d.name()}" for d in t.conn.call(c.listAllDomains, 0)
+           if d.name().startswith(paths.PREFIX) and d.name() not in owned]
+    out += [f"network {n.name()}" for n in t.conn.call(c.listAllNetworks, 0)
+            if n.name().startswith(paths.PREFIX) and n.name() not in owned]
     return out
 
 
-def sweep(t: Target) -> list[str]:
-    """Remove every domain and network of earlier runs; returns what was removed."""
-    c = t.conn.conn
+def sweep_orphans(t: Target) -> list[str]:
+    """Remove what runs that died (journal entries whose process is gone) left; returns what was done."""
+    from harness.engine.journal import Journal, remove_objects
+    j = Journal(t.lock_dir)
     done = []
+    for e in j.orphans():
+        what = remove_objects(t, e)
+        j.remove(e.domain)
+        if what:
+            done.append(f"{', '.join(what)} (left by {e.scenario or 'a run'}, pid {e.pid}, {e.created})")
+    return done
+
+
+def sweep(t: Target) -> list[str]:
+    """Remove every domain and network of earlier runs - never those a running session owns - and
+    give stray vfio-pci devices back to their host driver; returns what was removed."""
+    from harness.engine.journal import reattach_stray
+    done = sweep_orphans(t)
+    c = t.conn.conn
+    owned = _live_owned(t)
     for d in t.conn.call(c.listAllDomains, 0):
-        if not d.name().startswith(paths.PREFIX):
+        if not d.name().startswith(paths.PREFIX) or d.name() in owned:
             continue
         if d.isActive():
             t.conn.call(d.destroy, timeout=120)
@@ -113,11 +147,12 @@ def sweep(t: Target) -> list[str]:
                         | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA)
         done.append(f"domain {d.name()}")
     for n in t.conn.call(c.listAllNetworks, 0):
-        if not n.name().startswith(paths.PREFIX):
+        if not n.name().startswith(paths.PREFIX) or n.name() in owned:
             continue
         if n.isActive():
             t.conn.call(n.destroy)
         if n.isPersistent():
             t.conn.call(n.undefine)
         done.append(f"network {n.name()}")
+    done += reattach_stray(t, [n.pci for n in t.nics if n.kind in ("vf", "e1000e")])
     return done

@@ -5,6 +5,7 @@ Waits use libvirt events (device-removed) or bounded polls of real state, never 
 """
 from __future__ import annotations
 
+import shlex
 import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
@@ -86,7 +87,8 @@ def wait_console(ctx: StepContext, marker: str, timeout: float) -> bool:
     prints its marker once its kernel can handle unplug."""
     r = ctx.runner
     deadline = time.monotonic() + timeout
-    test = f"grep -c {marker} {r.console_log}" if marker else f"test -s {r.console_log} && echo 1"
+    log = shlex.quote(r.console_log)
+    test = f"grep -c {shlex.quote(marker)} {log}" if marker else f"test -s {log} && echo 1"
     while time.monotonic() < deadline:
         p = r.t.ssh(test, timeout=30)
         if p.stdout.strip() not in ("", "0"):
@@ -177,7 +179,7 @@ def do_save_restore(ctx: StepContext) -> None:
         ctx.conn.call(ctx.dom().save, path, timeout=300)
         ctx.conn.call(ctx.conn.conn.restore, path, timeout=300)
     finally:
-        r.t.ssh(f"rm -f {path}", timeout=30)
+        r.t.ssh(f"rm -f {shlex.quote(path)}", timeout=30)
     r.dom = ctx.conn.call(ctx.conn.conn.lookupByName, r.dom_name)
 
 

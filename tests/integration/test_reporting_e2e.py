@@ -3,7 +3,9 @@ the compare output, JUnit, summary.json and the HTML report (rendered in headles
 tell the same story a person needs in the morning."""
 from __future__ import annotations
 
+import base64
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -40,6 +42,34 @@ steps:
   - suspend-resume:
     expect: {aliases: {u0: net0}}
 """
+
+
+# Disk images hold the bed's root file system, where sshd keeps its host key: not a log, never attached to a bug.
+DISK_IMAGES = {".qcow2", ".img", ".raw", ".iso", ".box"}
+
+
+def private_keys(bed_dir: Path) -> tuple[set[Path], set[str]]:
+    """The bed's private key files (client and host keys, whatever the launcher) and what would give each away:
+    the PEM marker, every line of the body, the body as one string, and the base64 of the whole file."""
+    files, needles = set(), {"PRIVATE KEY"}
+    for f in bed_dir.rglob("*"):
+        if not f.is_file() or f.is_symlink() or f.suffix in DISK_IMAGES or f.stat().st_size > 64 * 1024:
+            continue
+        text = f.read_text(errors="replace")
+        if "PRIVATE KEY-----" not in text:
+            continue
+        files.add(f)
+        body = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("-----")]
+        needles |= {ln for ln in body if len(ln) >= 16} | {"".join(body)}
+        b64 = base64.b64encode(f.read_bytes()).decode()
+        needles |= {b64, b64[40:104]}
+    return files, needles
+
+
+def assert_no_secret(text: str, needles: set[str], where) -> None:
+    flat = re.sub(r"\s+", "", text)     # a key re-wrapped or printed on one line is still the key
+    for n in needles:
+        assert n not in text and re.sub(r"\s+", "", n) not in flat, f"{where}: holds key material ({n[:12]}...)"
 
 
 def run(scen_dir: Path, results: Path, bed: str) -> subprocess.CompletedProcess:
@@ -92,12 +122,21 @@ def test_two_runs_compare_junit_json_and_html(hx_target, tmp_path):
     assert cases["e2e-user-nic"].find("failure") is not None
     assert cases["e2e-stable"].find("failure") is None
 
-    # no credential anywhere in the results
-    key = (Path(hx_target.bed.dir) / "id_ed25519").read_text()
-    for f in results.rglob("*"):
-        if f.is_file():
-            text = f.read_text(errors="replace")
-            assert "PRIVATE KEY" not in text and key.strip().splitlines()[1] not in text, f
+    # no credential anywhere a person would look or attach to a bug: every file of the results (run folders,
+    # artefacts: qemu.log, libvirtd.log, junit.xml, report.html, summary.json, history.jsonl), the bed's own
+    # files (serial log, qemu command line, inventory, leases, state) and the session notes, and pytest's output
+    bed_dir = Path(hx_target.bed.dir)
+    key_files, needles = private_keys(bed_dir)
+    assert bed_dir / "id_ed25519" in key_files or hx_target.bed.via != "qemu", key_files
+    scanned = 0
+    for f in [*results.rglob("*"), *bed_dir.rglob("*"), *paths.beds_dir().glob("session-*")]:
+        if f in key_files or not f.is_file() or f.is_symlink() or f.suffix in DISK_IMAGES:
+            continue
+        scanned += 1
+        assert_no_secret(f.read_bytes().decode("utf-8", errors="replace"), needles, f)
+    assert scanned >= 10, scanned
+    for name, out in (("first run", first.stdout + first.stderr), ("second run", second.stdout + second.stderr)):
+        assert_no_secret(out, needles, name)
 
     # HTML in a real browser: the failing row is there, rendered
     chromium = shutil.which("chromium")

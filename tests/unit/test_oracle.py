@@ -604,3 +604,25 @@ def test_device_views_of_nothing():
 def test_aliases_by_id_on_real_xml():
     got = oracle.aliases_by_id(read("seed-06-attach-hostdev-live.xml"), dict(SEED_KEYS, ghost=mac("52:54:00:00:00:00")))
     assert got == {"hn0": "hostdev0", "n1": "net0", "u1": "net1", "e1": "net2", "b1": "net3", "hn1": "hostdev1"}
+
+
+# ---- domain-running: QEMU exiting under a step ---------------------------------------------------------
+def _stopped(state: str | None) -> Snapshot:
+    return Snapshot(None, read("seed-01-start-inactive.xml"), None, state=state)
+
+
+def test_qemu_exiting_during_a_detach_is_domain_running_with_the_reason():
+    vs = oracle.check(seed("05"), _stopped("shut off (crashed)"), seed_ctx(step="detach"))
+    assert checks(vs) == ["domain-running"]
+    assert vs[0].expected == "the domain to keep running across detach"
+    assert "shut off (crashed)" in vs[0].actual and "qemu.log" in vs[0].actual
+
+
+@pytest.mark.parametrize("step", sorted(oracle.STABLE_STEPS | {"attach", "update", "settle", "network-destroy"}))
+def test_every_step_but_destroy_must_leave_the_domain_running(step):
+    assert "domain-running" in checks(oracle.check(seed("05"), _stopped(None), seed_ctx(step=step)))
+
+
+def test_destroy_may_stop_the_domain_and_a_stopped_domain_may_stay_stopped():
+    assert oracle.check(seed("05"), _stopped("shut off (destroyed)"), seed_ctx(step="destroy")) == []
+    assert oracle.check(_stopped(None), _stopped(None), seed_ctx(step="define")) == []

@@ -1,0 +1,70 @@
+"""Name the fault behind an infrastructure error, so the 3 a.m. reader does not have to.
+
+"client socket is closed" says nothing; "libvirtd was killed by SIGKILL at 10:31:07 and restarted by
+systemd" does. Each probe is bounded and cheap, and runs only after something already went wrong.
+"""
+from __future__ import annotations
+
+import subprocess
+
+from harness.errors import HarnessError
+
+#: systemctl properties that tell a restart, a crash and a kill apart.
+_PROPS = "MainPID,NRestarts,Result,ActiveState,ExecMainCode,ExecMainStatus"
+
+
+def _ask(t) -> subprocess.CompletedProcess:
+    return t.bed.ssh(f"systemctl show libvirtd -p {_PROPS}; echo Epoch=$(date +%s)", timeout=20)
+
+
+def _props(p: subprocess.CompletedProcess) -> dict[str, str]:
+    return dict(ln.split("=", 1) for ln in p.stdout.splitlines() if "=" in ln)
+
+
+def daemon_state(t) -> dict[str, str]:
+    """libvirtd's systemd properties (and the bed's clock), or {} when the bed cannot be asked."""
+    if t.bed is None:
+        return {}
+    try:
+        return _props(_ask(t))
+    except subprocess.TimeoutExpired:
+        return {}
+
+
+def explain(t, before: dict[str, str], since_epoch: str | None = None) -> str:
+    """One sentence (or a few) naming what happened to the bed, libvirtd or the connection."""
+    if t.bed is None:
+        return "the libvirt connection failed (no bed to inspect: --libvirt-uri target)"
+    from harness.bed import lifecycle
+    if not lifecycle.alive(t.bed):
+        return (f"the bed VM {t.bed.name} is gone (its QEMU, pid {t.bed.pid}, exited or was killed); "
+                f"serial log: {t.bed.serial_log}")
+    hung = (f"the bed {t.bed.name} is running but does not answer SSH (%s): a hung guest, a stopped sshd "
+            f"or a stuck network; serial log: {t.bed.serial_log}")
+    try:
+        p = _ask(t)
+    except subprocess.TimeoutExpired:
+        return hung % "no reply within 20 s"
+    now = _props(p)
+    if p.returncode == 255 or not now:
+        return hung % ("ssh: " + (" ".join(p.stderr.split())[:160] or f"exit status {p.returncode}"))
+    old_pid, new_pid = before.get("MainPID"), now.get("MainPID")
+    journal = ""
+    if since_epoch:
+        try:
+            p = t.bed.ssh(f"journalctl -u libvirtd --since @{since_epoch} -o short-precise --no-pager "
+                          "| grep -E 'Main process exited|Stopping|Stopped|Started|Failed|Killed' | tail -n 4",
+                          timeout=20)
+            journal = "; ".join(ln.split(": ", 1)[-1] for ln in p.stdout.strip().splitlines())
+        except (subprocess.TimeoutExpired, HarnessError):
+            pass
+    if old_pid and new_pid and old_pid != new_pid:
+        how = "restarted"
+        if before.get("NRestarts") != now.get("NRestarts") or "status=9/KILL" in journal:
+            how = "killed" + (" by SIGKILL" if "9/KILL" in journal else "") + " and restarted by systemd"
+        return (f"libvirtd was {how} during the scenario (pid {old_pid} -> {new_pid})"
+                + (f"; systemd says: {journal}" if journal else ""))
+    if now.get("ActiveState") != "active":
+        return (f"libvirtd is {now.get('ActiveState')} (result {now.get('Result')})"
+                + (f"; systemd says: {journal}" if journal else ""))
+    return ""

@@ -1,0 +1,140 @@
+"""What each running scenario has created in the bed, written down before it is created.
+
+A run that dies without cleaning up (SIGKILL, a bed that stopped answering, a power cut) leaves
+its entry behind. The next session on the bed removes exactly those objects - the domain, its
+networks, and any leased PCI device still bound to vfio-pci - and says what it removed. Leftovers
+that no journal entry explains are someone else's: those are refused, not swept (libvirt-tck).
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import libvirt
+
+from harness.errors import HarnessError
+
+
+def _start_time(pid: int) -> str | None:
+    """A process's start time (clock ticks since boot): tells a live owner from a reused pid."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+@dataclass
+class Entry:
+    domain: str
+    networks: list[str] = field(default_factory=list)
+    pci: list[str] = field(default_factory=list)      # leased devices that may be bound to vfio-pci
+    scenario: str = ""
+    pid: int = field(default_factory=os.getpid)
+    pid_start: str | None = field(default_factory=lambda: _start_time(os.getpid()))
+    created: str = field(default_factory=lambda: time.strftime("%Y-%m-%d %H:%M:%S"))
+
+    def owner_alive(self) -> bool:
+        return self.pid_start is not None and _start_time(self.pid) == self.pid_start
+
+
+class Journal:
+    def __init__(self, lock_dir: Path):
+        self.dir = Path(lock_dir) / "journal"
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, domain: str) -> Path:
+        return self.dir / f"{domain}.json"
+
+    def write(self, e: Entry) -> None:
+        tmp = self._path(e.domain).with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(e)))
+        os.replace(tmp, self._path(e.domain))
+
+    def remove(self, domain: str) -> None:
+        self._path(domain).unlink(missing_ok=True)
+
+    def entries(self) -> list[Entry]:
+        out = []
+        for p in sorted(self.dir.glob("*.json")):
+            try:
+                out.append(Entry(**json.loads(p.read_text())))
+            except (OSError, ValueError, TypeError):
+                p.unlink(missing_ok=True)    # a torn write of a dead run: nothing to act on
+        return out
+
+    def orphans(self) -> list[Entry]:
+        """Entries whose process is gone: their objects are safe to remove."""
+        return [e for e in self.entries() if not e.owner_alive()]
+
+
+def remove_objects(t, e: Entry) -> list[str]:
+    """Remove one dead run's domain and networks, hand its PCI devices back to their host driver.
+    Returns what was done, for the log."""
+    c = t.conn
+    done: list[str] = []
+    try:
+        d = c.call(c.conn.lookupByName, e.domain)
+    except libvirt.libvirtError:
+        d = None
+    if d is not None:
+        if c.call(d.isActive):
+            c.call(d.destroy, timeout=120)
+        if c.call(d.isPersistent):
+            c.call(d.undefineFlags, libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+                   | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA)
+        done.append(f"domain {e.domain}")
+    for name in e.networks:
+        try:
+            n = c.call(c.conn.networkLookupByName, name)
+        except libvirt.libvirtError:
+            continue
+        if c.call(n.isActive):
+            c.call(n.destroy)
+        if c.call(n.isPersistent):
+            c.call(n.undefine)
+        done.append(f"network {name}")
+    done += reattach_stray(t, e.pci)
+    return done
+
+
+def reattach_stray(t, addrs: list[str]) -> list[str]:
+    """Devices left on vfio-pci with no domain using them go back to their host driver
+    (virNodeDeviceReAttach, what libvirt itself does for a managed hostdev)."""
+    if not addrs or t.bed is None:
+        return []
+    p = t.ssh("for d in " + " ".join(addrs) +
+              "; do echo $d $(basename $(readlink /sys/bus/pci/devices/$d/driver 2>/dev/null) 2>/dev/null); done",
+              timeout=30)
+    stray = [ln.split()[0] for ln in p.stdout.splitlines() if ln.endswith(" vfio-pci")]
+    in_use = _pci_in_running_domains(t)
+    done = []
+    for a in stray:
+        if a in in_use:
+            continue
+        name = "pci_" + a.replace(":", "_").replace(".", "_")
+        try:
+            dev = t.conn.call(t.conn.conn.nodeDeviceLookupByName, name)
+            t.conn.call(dev.reAttach)
+        except libvirt.libvirtError as err:
+            raise HarnessError(f"{a} is still on vfio-pci and could not be given back: {err}",
+                               hint=f"in the bed: virsh nodedev-reattach {name}") from None
+        done.append(f"{a} back on its host driver")
+    return done
+
+
+def _pci_in_running_domains(t) -> set[str]:
+    import xml.etree.ElementTree as ET
+    used = set()
+    for d in t.conn.call(t.conn.conn.listAllDomains, libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE):
+        root = ET.fromstring(t.conn.call(d.XMLDesc, 0))
+        for a in root.iter("address"):
+            if a.get("type") == "pci" and a.get("bus") is not None and _in_source(root, a):
+                used.add("%04x:%02x:%02x.%x" % tuple(int(a.get(k), 16) for k in ("domain", "bus", "slot", "function")))
+    return used
+
+
+def _in_source(root, addr) -> bool:
+    return any(addr in list(s) for s in root.iter("source"))

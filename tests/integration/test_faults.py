@@ -1,0 +1,306 @@
+"""Faults injected into a real bed while a scenario step is running (issue 6).
+
+Each test runs the fault scenario below in a child pytest on the session's bed, waits until the
+child says it is inside the long step, injects the fault from outside (as an operator or a crash
+would), and then checks what a QA engineer relies on: the child ends by itself with an error that
+names the fault, its results are written, no domain or network of the run is left, every VF is
+back on its host driver, and the next run on the bed starts clean.
+
+The bed-kill test uses a bed of its own (it kills it); the others share the session's bed.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import libvirt
+import pytest
+
+from harness import paths
+from harness.bed import lifecycle, qmp, state
+from harness.engine import session as session_mod
+
+pytestmark = [pytest.mark.bed, pytest.mark.slow]
+
+REPO = paths.REPO
+
+#: The step the faults land in: an unplug request that no guest will ever acknowledge, waited for.
+LONG_STEP = "step 4 wait-removed n1"
+
+FAULT_SCENARIO = """\
+guards: >-
+  Fault-injection target (tests/integration/test_faults.py): a hostdev interface and a pool interface
+  (a network the run creates), then a hot-plugged NIC whose unplug waits for a guest that never answers,
+  so a fault lands while a step is running.
+tags: [fault]
+requires: {vfs: 2}
+devices:
+  vf1: {kind: vf}
+  vf2: {kind: vf}
+networks:
+  pool: {forward: hostdev, vfs: [vf2]}
+domain:
+  devices:
+    - interface: {id: hn0, type: hostdev, device: vf1}
+    - interface: {id: pn0, type: network, network: pool}
+steps:
+  - start:
+    expect: {aliases: {hn0: hostdev0, pn0: hostdev1}}
+  - attach: {interface: {id: n1, type: user}}
+    expect: {aliases: {n1: net0}}
+  - detach: n1
+    expect: {removed: false}
+  - wait-removed: n1
+    timeout: 150
+"""
+
+#: A short, healthy scenario: "the next run starts clean" means this passes right after a fault.
+NEXT_SCENARIO = """\
+guards: >-
+  After a fault: a fresh run on the same bed must start (no leftovers refusal) and pass.
+tags: [fault]
+requires: {vfs: 2}
+devices:
+  vf1: {kind: vf}
+  vf2: {kind: vf}
+domain:
+  devices:
+    - interface: {id: hn0, type: hostdev, device: vf1}
+    - interface: {id: hn1, type: hostdev, device: vf2}
+steps:
+  - start:
+    expect: {aliases: {hn0: hostdev0, hn1: hostdev1}}
+  - attach: {interface: {id: u1, type: user}}
+    expect: {aliases: {u1: net0, hn0: hostdev0, hn1: hostdev1}}
+"""
+
+
+class Child:
+    """A child pytest running one scenario file, its stderr watched line by line."""
+
+    def __init__(self, tmp: Path, name: str, text: str, bed: str, env: dict | None = None):
+        d = tmp / name / "scenarios"      # the plugin collects YAML from folders named scenarios/
+        d.mkdir(parents=True)
+        (d / f"{name}.yaml").write_text(text)
+        self.results = tmp / name / "results"
+        self.lines: list[str] = []
+        self._seen = threading.Condition()
+        self.t0 = time.monotonic()
+        self.p = subprocess.Popen(
+            [sys.executable, "-m", "pytest", str(d / f"{name}.yaml"), "-p", "harness.plugin", "-p", "no:cacheprovider",
+             "-q", "-s", "-rfEs", "--rootdir", str(REPO), "-c", str(REPO / "pyproject.toml"),
+             "--bed", bed, "--no-bed-up", "--results-dir", str(self.results)],
+            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            env=dict(os.environ, PYTEST_ADDOPTS="", **(env or {})))
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.p.stdout:
+            with self._seen:
+                self.lines.append(line)
+                self._seen.notify_all()
+
+    def wait_for(self, needle: str, timeout: float = 300) -> None:
+        deadline = time.monotonic() + timeout
+        with self._seen:
+            while not any(needle in ln for ln in self.lines):
+                left = deadline - time.monotonic()
+                assert left > 0 and self.p.poll() is None, f"never saw {needle!r}:\n{self.output}"
+                self._seen.wait(min(left, 1))
+
+    def finish(self, timeout: float) -> int:
+        """The child must end on its own: a fault never turns into a hang."""
+        try:
+            rc = self.p.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.p.kill()
+            pytest.fail(f"the run did not end within {timeout:.0f} s of the fault:\n{self.output}")
+        time.sleep(0.2)   # the reader thread drains the pipe
+        self.elapsed = time.monotonic() - self.t0
+        return rc
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def record(self) -> dict:
+        runs = [p for p in self.results.iterdir() if (p / "summary.json").exists()] if self.results.exists() else []
+        assert len(runs) == 1, f"the run wrote no results in {self.results}:\n{self.output[-3000:]}"
+        (rec,) = json.loads((runs[0] / "summary.json").read_text())["scenarios"]
+        return rec
+
+
+def bed_ssh(bed: state.BedInfo, cmd: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return bed.ssh(cmd, timeout=timeout)
+
+
+def assert_bed_clean(bed: state.BedInfo) -> None:
+    """Nothing of any run left in the bed, every VF and e1000e back on its host driver."""
+    p = bed_ssh(bed, "virsh list --all --name; virsh net-list --all --name")
+    left = [n for n in p.stdout.split() if n.startswith(paths.PREFIX)]
+    assert not left, f"left in the bed: {left}"
+    p = bed_ssh(bed, "for d in /sys/bus/pci/devices/*; do [ -e $d/physfn ] || grep -q 0x10d3 $d/device || continue;"
+                     " echo $(basename $d) $(basename $(readlink $d/driver 2>/dev/null) 2>/dev/null); done")
+    rows = [ln.split() for ln in p.stdout.splitlines()]
+    assert rows, "no VFs found in the bed"
+    wrong = [r for r in rows if len(r) < 2 or r[1] == "vfio-pci"]
+    assert not wrong, f"devices not on their host driver: {wrong}"
+
+
+def assert_next_run_clean(tmp: Path, bed: str) -> str:
+    nxt = Child(tmp, "after-fault", NEXT_SCENARIO, bed)
+    rc = nxt.finish(timeout=600)
+    assert rc == 0, f"the next run did not start clean:\n{nxt.output[-4000:]}"
+    assert nxt.record()["verdict"] == "passed"
+    return nxt.output
+
+
+def bed_qmp(bed: state.BedInfo, command: str) -> None:
+    """The bed QEMU's own monitor (one client at a time: retry while a previous one lets go)."""
+    for attempt in range(5):
+        try:
+            with qmp.QMP(str(bed.path / "qmp.sock"), timeout=15) as q:
+                assert "return" in q.cmd(command)
+            return
+        except (OSError, TimeoutError):
+            if attempt == 4:
+                raise
+            time.sleep(2)
+
+
+def libvirtd_pid(bed: state.BedInfo) -> str:
+    return bed_ssh(bed, "systemctl show -p MainPID --value libvirtd").stdout.strip()
+
+
+@pytest.fixture
+def bed(hx_target):
+    b = hx_target.bed
+    assert_bed_clean(b)
+    yield b
+    # Whatever a failed test left, the session's bed must be usable by the next test.
+    subprocess.run([sys.executable, "-m", "harness.cli", "bed", "sweep", "--name", b.name], cwd=REPO,
+                   capture_output=True, timeout=300)
+
+
+def start_fault_run(tmp_path, bed, env=None) -> Child:
+    child = Child(tmp_path, "fault-hotplug", FAULT_SCENARIO, bed.name, env)
+    child.wait_for(LONG_STEP)
+    time.sleep(2)    # well inside the step: the unplug request is pending
+    return child
+
+
+def test_libvirtd_restarted_mid_step(tmp_path, bed):
+    pid0 = libvirtd_pid(bed)
+    child = start_fault_run(tmp_path, bed)
+    assert bed_ssh(bed, "systemctl restart libvirtd", timeout=180).returncode == 0
+    rc = child.finish(timeout=240)
+    assert rc == 1
+    out = child.output
+    assert re.search(r"libvirtd was restarted during the scenario \(pid \d+ -> \d+\)", out), out[-3000:]
+    assert "during step 4 'wait-removed n1'" in out
+    rec = child.record()
+    assert rec["verdict"] == "error" and "libvirtd was restarted" in rec["failure"]["message"]
+    assert libvirtd_pid(bed) != pid0
+    assert_bed_clean(bed)
+    assert_next_run_clean(tmp_path, bed.name)
+
+
+def test_libvirtd_sigkill_mid_step(tmp_path, bed):
+    child = start_fault_run(tmp_path, bed)
+    assert bed_ssh(bed, "systemctl kill -s KILL libvirtd").returncode == 0
+    rc = child.finish(timeout=240)
+    assert rc == 1
+    out = child.output
+    assert "libvirtd was killed by SIGKILL and restarted by systemd" in out, out[-3000:]
+    assert "status=9/KILL" in out
+    assert child.record()["verdict"] == "error"
+    assert_bed_clean(bed)
+    assert_next_run_clean(tmp_path, bed.name)
+
+
+def test_test_domains_qemu_killed_mid_step(tmp_path, bed):
+    child = start_fault_run(tmp_path, bed)
+    p = bed_ssh(bed, f"kill -9 $(cat /run/libvirt/qemu/{paths.PREFIX}fault-hotplug-*.pid)")
+    assert p.returncode == 0, p.stderr
+    rc = child.finish(timeout=120)
+    assert rc == 1
+    out = child.output
+    # Not an infrastructure error: QEMU dying under a hot-plug is exactly what a regression looks like.
+    assert "check:     domain-running" in out, out[-3000:]
+    assert "expected:  the domain to keep running across wait-removed" in out
+    assert "shut off (crashed)" in out
+    rec = child.record()
+    assert rec["verdict"] == "failed" and rec["failure"]["check"] == "domain-running"
+    assert child.elapsed < 150, "the wait should end on the domain's stopped event, not its timeout"
+    assert_bed_clean(bed)
+    assert_next_run_clean(tmp_path, bed.name)
+
+
+def test_ctrl_c_mid_step(tmp_path, bed):
+    child = start_fault_run(tmp_path, bed)
+    child.p.send_signal(signal.SIGINT)
+    rc = child.finish(timeout=120)
+    assert rc == 2    # pytest: interrupted
+    out = child.output
+    assert "KeyboardInterrupt" in out
+    rec = child.record()
+    assert rec["verdict"] == "error"
+    assert re.search(r"interrupted \(Ctrl-C\) during step 4 'wait-removed n1' \(\S*fault-hotplug.yaml:23:5\); "
+                     r"cleaned up$", rec["failure"]["message"]), rec["failure"]
+    assert_bed_clean(bed)
+    assert_next_run_clean(tmp_path, bed.name)
+
+
+def test_bed_hangs_mid_step_ssh_and_libvirt_time_out(tmp_path, bed):
+    """The whole bed stops answering (QMP stop: SSH connects, nothing replies). The run gives up by
+    itself, defers the cleanup it cannot do, and the next run removes what it left."""
+    child = start_fault_run(tmp_path, bed, env={"HX_KEEPALIVE": "5,3"})
+    bed_qmp(bed, "stop")
+    try:
+        rc = child.finish(timeout=300)
+    finally:
+        bed_qmp(bed, "cont")
+    assert rc == 1
+    out = child.output
+    assert f"the bed {bed.name} is running but does not answer SSH (" in out, out[-3000:]
+    assert "cleanup deferred, the bed does not answer" in out
+    rec = child.record()
+    assert rec["verdict"] == "error"
+    lifecycle.wait_ready(bed, timeout=120)
+    # The domain really was left behind (the bed was frozen), and the next run removes it, saying so.
+    left = bed_ssh(bed, "virsh list --all --name").stdout.split()
+    assert any(n.startswith(f"{paths.PREFIX}fault-hotplug") for n in left), left
+    nxt = assert_next_run_clean(tmp_path, bed.name)
+    assert re.search(r"removed leftovers of an interrupted run: domain hx-fault-hotplug-\S+, network "
+                     r"hx-fault-hotplug-\S+-pool .*\(left by fault-hotplug, pid \d+", nxt), nxt[-3000:]
+    assert_bed_clean(bed)
+
+
+def test_bed_vm_killed_mid_step(tmp_path, hx_target):
+    """A bed of its own: killed with SIGKILL while the step runs, then brought up again by the next run."""
+    name = "hx-itest-fault"
+    b = lifecycle.up(suite=hx_target.suite, name=name)
+    try:
+        child = start_fault_run(tmp_path, b)
+        os.kill(b.pid, signal.SIGKILL)
+        rc = child.finish(timeout=300)
+        assert rc == 1
+        out = child.output
+        assert f"the bed VM {name} is gone (its QEMU, pid {b.pid}, exited or was killed)" in out, out[-3000:]
+        assert child.record()["verdict"] == "error"
+        with pytest.raises(Exception, match="no bed is up"):
+            lifecycle.find(name=name)
+        b2 = lifecycle.up(suite=hx_target.suite, name=name)   # cleans the dead bed's state, boots afresh
+        assert b2.pid != b.pid
+        assert_bed_clean(b2)
+        assert_next_run_clean(tmp_path, name)
+    finally:
+        if state.load(name) is not None:
+            lifecycle.down(name)
