@@ -77,7 +77,7 @@ ensure_venv
 cmd=${1:-help}
 case "$cmd" in
   run)  shift; exec .venv/bin/harness run "$@" ;;
-  test) shift; exec .venv/bin/python -m pytest -p no:cacheprovider -rfEs "$@" ;;
+  test) shift; exec .venv/bin/python -m pytest -p no:cacheprovider -rfEs --harness-retries 1 "$@" ;;
   help|-h|--help) exec .venv/bin/harness --help ;;
   *)    exec .venv/bin/harness "$@" ;;
 esac

@@ -103,6 +103,27 @@ def fill(text: str, r: Resolved, where: str = "raw XML") -> str:
     return _PLACEHOLDER.sub(sub, text)
 
 
+def only_leased_pci(root: ET.Element, r: "Resolved", where: str) -> None:
+    """Raw XML may pass through only the PCI devices leased for this run: a literal address could
+    hand the bed's (or, in real-passthrough mode, the host's) management NIC to a test domain."""
+    leased = {str(a) for a in r.addrs.values()}
+    for el in root.iter():
+        if el.tag != "hostdev" and not (el.tag == "interface" and el.get("type") == "hostdev"):
+            continue
+        for a in el.findall("source/address"):
+            try:
+                addr = PciAddr(*(int(a.get(k, "0"), 0) for k in ("domain", "bus", "slot", "function")))
+            except ValueError:
+                raise HarnessError(f"{where}: <source><address> of a <{el.tag}> is not a PCI address: "
+                                   f"{ET.tostring(a, encoding='unicode').strip()}",
+                                   hint="write {sym.address} for a device declared under devices:") from None
+            if str(addr) not in leased:
+                raise HarnessError(f"{where}: passes through host PCI device {addr}, which is not a device "
+                                   f"leased for this run ({', '.join(sorted(leased)) or 'none leased'})",
+                                   hint="declare the device under devices: and write {sym.address} instead of "
+                                        "a literal address")
+
+
 def _sub(parent: ET.Element, tag: str, **attrs: str) -> ET.Element:
     return ET.SubElement(parent, tag, {k: v for k, v in attrs.items() if v is not None})
 
@@ -115,6 +136,7 @@ def device_element(dev: Device, r: Resolved) -> ET.Element:
             el = ET.fromstring(fill(s["xml"], r, f"device {dev.id}"))
         except ET.ParseError as e:
             raise HarnessError(f"device {dev.id}: raw XML does not parse: {e}") from None
+        only_leased_pci(el, r, f"device {dev.id}")
         if el.tag == "interface" and el.find("mac") is None:
             # libvirt would invent a MAC, and the oracle (which knows interfaces by MAC) would never
             # find this device again: give it the run's deterministic one.
@@ -176,6 +198,7 @@ def domain_xml(name: str, dom: Domain, r: Resolved, virt_type: str, all_devices:
     """Domain XML. `all_devices` (initial + every later attach) decides the controllers needed."""
     if dom.xml:
         root = ET.fromstring(fill(dom.xml, r, "domain xml"))
+        only_leased_pci(root, r, "domain xml")
         root.set("type", virt_type if root.get("type") in (None, "auto") else root.get("type"))
         n = root.find("name")
         if n is None:

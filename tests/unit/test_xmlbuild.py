@@ -535,3 +535,46 @@ def test_model_defaults_are_the_documented_ones():
     s = Step("attach")
     assert (s.flags, s.times, s.expect) == ("live", 1, {})
     assert Domain().devices is not Domain().devices
+
+
+# ---- raw XML may pass through only leased PCI devices -------------------------------------------------
+
+def raw(xml: str) -> Device:
+    return Device("rx", "xml", {"id": "rx", "xml": xml})
+
+
+@pytest.mark.parametrize("xml", [
+    "<interface type='hostdev'><source><address type='pci' {vf1.address}/></source></interface>",
+    "<hostdev mode='subsystem' type='pci'><source><address {vf2.address}/></source></hostdev>",
+    # the same leased device spelled by hand, decimal or hex, is still that device
+    "<hostdev mode='subsystem' type='pci'><source><address domain='0' bus='1' slot='16' function='0'/>"
+    "</source></hostdev>",
+])
+def test_raw_xml_passing_a_leased_device_is_built(xml):
+    assert build(raw(xml)).find("source/address") is not None
+
+
+@pytest.mark.parametrize("xml, addr", [
+    ("<interface type='hostdev'><source><address type='pci' domain='0x0000' bus='0x00' slot='0x02' "
+     "function='0x0'/></source></interface>", "0000:00:02.0"),
+    ("<hostdev mode='subsystem' type='pci'><source><address domain='0x0000' bus='0x01' slot='0x10' "
+     "function='0x4'/></source></hostdev>", "0000:01:10.4"),
+])
+def test_raw_xml_passing_an_unleased_device_is_refused(xml, addr):
+    with pytest.raises(HarnessError) as e:
+        build(raw(xml))
+    assert f"device rx: passes through host PCI device {addr}, which is not a device leased" in e.value.message
+    assert "{sym.address}" in e.value.hint
+
+
+def test_raw_domain_xml_passing_an_unleased_device_is_refused():
+    dom = Domain(xml="<domain type='qemu'><devices><hostdev mode='subsystem' type='pci'><source>"
+                     "<address domain='0x0000' bus='0x00' slot='0x03' function='0x0'/></source></hostdev>"
+                     "</devices></domain>")
+    with pytest.raises(HarnessError, match=r"domain xml: passes through host PCI device 0000:00:03.0"):
+        xmlbuild.domain_xml("hx-x", dom, resolved(), "qemu", [], "/dev/null")
+
+
+def test_raw_xml_with_a_garbage_pci_address_is_refused():
+    with pytest.raises(HarnessError, match="is not a PCI address"):
+        build(raw("<hostdev mode='subsystem' type='pci'><source><address bus='eth0'/></source></hostdev>"))
