@@ -100,20 +100,25 @@ def remove_objects(t, e: Entry) -> list[str]:
     return done
 
 
-def reattach_stray(t, addrs: list[str]) -> list[str]:
-    """Devices left on vfio-pci with no domain using them go back to their host driver
-    (virNodeDeviceReAttach, what libvirt itself does for a managed hostdev)."""
+def stray_pci(t, addrs: list[str]) -> list[str]:
+    """Those of `addrs` bound to vfio-pci that no running domain uses: a VF a dead run never gave back."""
     if not addrs or t.bed is None:
         return []
     p = t.ssh("for d in " + " ".join(addrs) +
               "; do echo $d $(basename $(readlink /sys/bus/pci/devices/$d/driver 2>/dev/null) 2>/dev/null); done",
               timeout=30)
-    stray = [ln.split()[0] for ln in p.stdout.splitlines() if ln.endswith(" vfio-pci")]
+    on_vfio = [ln.split()[0] for ln in p.stdout.splitlines() if ln.endswith(" vfio-pci")]
+    if not on_vfio:
+        return []
     in_use = _pci_in_running_domains(t)
+    return [a for a in on_vfio if a not in in_use]
+
+
+def reattach_stray(t, addrs: list[str]) -> list[str]:
+    """Devices left on vfio-pci with no domain using them go back to their host driver
+    (virNodeDeviceReAttach, what libvirt itself does for a managed hostdev)."""
     done = []
-    for a in stray:
-        if a in in_use:
-            continue
+    for a in stray_pci(t, addrs):
         name = "pci_" + a.replace(":", "_").replace(".", "_")
         try:
             dev = t.conn.call(t.conn.conn.nodeDeviceLookupByName, name)

@@ -93,6 +93,13 @@ def wait_console(ctx: StepContext, marker: str, timeout: float) -> bool:
         p = r.t.ssh(test, timeout=30)
         if p.stdout.strip() not in ("", "0"):
             return True
+        # Waiting minutes on a console file says nothing about why it stays silent: stop as soon as
+        # the connection or the domain is gone (a daemon restart, a rebooted bed, a QEMU crash).
+        if ctx.conn.closed:
+            raise HarnessError(f"the libvirt connection closed while the tiny guest was booting ({ctx.conn.closed})")
+        if not ctx.conn.call(r.dom.isActive):
+            raise HarnessError("the test domain stopped while its tiny guest was booting",
+                               hint=f"see qemu.log in the artefacts (console: {r.console_log})")
         time.sleep(2)
     return False
 

@@ -304,3 +304,36 @@ def test_bed_vm_killed_mid_step(tmp_path, hx_target):
     finally:
         if state.load(name) is not None:
             lifecycle.down(name)
+
+
+def test_leftovers_are_refused_then_swept_and_a_stray_vf_given_back(tmp_path, hx_target, bed):
+    """libvirt-tck style: hx-* objects no live run owns make the next run refuse to start (saying
+    what and how to fix it); `harness bed sweep` removes them and hands a stray VF back."""
+    c = hx_target.conn
+    c.ensure()
+    suffix = os.urandom(2).hex()
+    dom = c.call(c.conn.defineXML, f"<domain type='qemu'><name>{paths.PREFIX}leftover-{suffix}</name>"
+                                   "<memory unit='MiB'>32</memory><os><type arch='x86_64'>hvm</type></os></domain>")
+    net = c.call(c.conn.networkDefineXML, f"<network><name>{paths.PREFIX}leftover-{suffix}</name></network>")
+    vf = [n for n in hx_target.nics if n.kind == "vf"][-1].pci
+    nodedev = "pci_" + vf.replace(":", "_").replace(".", "_")
+    assert bed_ssh(bed, f"virsh nodedev-detach {nodedev}").returncode == 0
+    try:
+        refused = Child(tmp_path, "refused", NEXT_SCENARIO, bed.name)
+        assert refused.finish(timeout=300) != 0
+        out = refused.output
+        assert (f"leftovers of an earlier run are in the target: domain {paths.PREFIX}leftover-{suffix}, "
+                f"network {paths.PREFIX}leftover-{suffix}, device {vf} left on vfio-pci") in out, out[-3000:]
+        assert "run 'harness bed sweep' (or pytest --sweep) to remove them" in out
+        assert c.call(dom.isPersistent)        # refusing removed nothing
+
+        p = subprocess.run([sys.executable, "-m", "harness.cli", "bed", "sweep", "--name", bed.name],
+                           cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert p.returncode == 0, p.stderr
+        assert f"domain {paths.PREFIX}leftover-{suffix}" in p.stdout
+        assert f"network {paths.PREFIX}leftover-{suffix}" in p.stdout
+        assert f"{vf} back on its host driver" in p.stdout
+        assert_bed_clean(bed)
+    finally:
+        bed_ssh(bed, f"virsh nodedev-reattach {nodedev}; virsh undefine {paths.PREFIX}leftover-{suffix}; "
+                     f"virsh net-undefine {paths.PREFIX}leftover-{suffix}")
