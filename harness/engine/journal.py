@@ -70,6 +70,22 @@ class Journal:
         return [e for e in self.entries() if not e.owner_alive()]
 
 
+def remove_domain(c, d) -> None:
+    """Destroy and undefine one domain (with its managed save and snapshot metadata)."""
+    if c.call(d.isActive):
+        c.call(d.destroy, timeout=120)
+    if c.call(d.isPersistent):
+        c.call(d.undefineFlags, libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+               | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA)
+
+
+def remove_network(c, n) -> None:
+    if c.call(n.isActive):
+        c.call(n.destroy)
+    if c.call(n.isPersistent):
+        c.call(n.undefine)
+
+
 def remove_objects(t, e: Entry) -> list[str]:
     """Remove one dead run's domain and networks, hand its PCI devices back to their host driver.
     Returns what was done, for the log."""
@@ -80,38 +96,36 @@ def remove_objects(t, e: Entry) -> list[str]:
     except libvirt.libvirtError:
         d = None
     if d is not None:
-        if c.call(d.isActive):
-            c.call(d.destroy, timeout=120)
-        if c.call(d.isPersistent):
-            c.call(d.undefineFlags, libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
-                   | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA)
+        remove_domain(c, d)
         done.append(f"domain {e.domain}")
     for name in e.networks:
         try:
             n = c.call(c.conn.networkLookupByName, name)
         except libvirt.libvirtError:
             continue
-        if c.call(n.isActive):
-            c.call(n.destroy)
-        if c.call(n.isPersistent):
-            c.call(n.undefine)
+        remove_network(c, n)
         done.append(f"network {name}")
     done += reattach_stray(t, e.pci)
     return done
 
 
-def stray_pci(t, addrs: list[str]) -> list[str]:
-    """Those of `addrs` bound to vfio-pci that no running domain uses: a VF a dead run never gave back."""
+def on_vfio(t, addrs: list[str]) -> list[str]:
+    """Those of `addrs` (PCI devices in the bed) bound to vfio-pci right now."""
     if not addrs or t.bed is None:
         return []
     p = t.ssh("for d in " + " ".join(addrs) +
               "; do echo $d $(basename $(readlink /sys/bus/pci/devices/$d/driver 2>/dev/null) 2>/dev/null); done",
               timeout=30)
-    on_vfio = [ln.split()[0] for ln in p.stdout.splitlines() if ln.endswith(" vfio-pci")]
-    if not on_vfio:
+    return [ln.split()[0] for ln in p.stdout.splitlines() if ln.endswith(" vfio-pci")]
+
+
+def stray_pci(t, addrs: list[str]) -> list[str]:
+    """Those of `addrs` bound to vfio-pci that no running domain uses: a VF a dead run never gave back."""
+    bound = on_vfio(t, addrs)
+    if not bound:
         return []
     in_use = _pci_in_running_domains(t)
-    return [a for a in on_vfio if a not in in_use]
+    return [a for a in bound if a not in in_use]
 
 
 def reattach_stray(t, addrs: list[str]) -> list[str]:

@@ -19,7 +19,7 @@ from filelock import ReadWriteLock
 
 from harness.engine import devices, diagnose
 from harness.engine.devices import Leases
-from harness.engine.journal import Entry, Journal
+from harness.engine.journal import Entry, Journal, on_vfio
 from harness.engine.session import Target
 from harness.engine.steps import ACTIONS, StepContext
 from harness.errors import HarnessError
@@ -379,10 +379,10 @@ class Runner:
             vfs = [str(a) for s, a in self.r.addrs.items() if self.sc.devices[s].kind in ("vf", "e1000e")]
             if vfs:
                 try:
-                    p = self.t.ssh("for d in " + " ".join(vfs) + "; do echo $d $(basename $(readlink /sys/bus/pci/devices/$d/driver)); done", timeout=30)
-                    on_vfio = [ln for ln in p.stdout.splitlines() if ln.endswith(" vfio-pci")]
-                    if on_vfio:
-                        problems.append("devices not returned to their host driver: " + ", ".join(on_vfio))
+                    bound = on_vfio(self.t, vfs)
+                    if bound:
+                        problems.append("devices not returned to their host driver: "
+                                        + ", ".join(f"{a} vfio-pci" for a in bound))
                 except HarnessError as e:
                     problems.append(f"could not check the leased devices' drivers: {e.message}")
         if problems:

@@ -142,26 +142,19 @@ def sweep_orphans(t: Target) -> list[str]:
 def sweep(t: Target) -> list[str]:
     """Remove every domain and network of earlier runs - never those a running session owns - and
     give stray vfio-pci devices back to their host driver; returns what was removed."""
-    from harness.engine.journal import reattach_stray
+    from harness.engine.journal import reattach_stray, remove_domain, remove_network
     done = sweep_orphans(t)
     c = t.conn.conn
     owned = _live_owned(t)
     for d in t.conn.call(c.listAllDomains, 0):
         if not d.name().startswith(paths.PREFIX) or d.name() in owned:
             continue
-        if d.isActive():
-            t.conn.call(d.destroy, timeout=120)
-        if d.isPersistent():
-            t.conn.call(d.undefineFlags, libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
-                        | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA)
+        remove_domain(t.conn, d)
         done.append(f"domain {d.name()}")
     for n in t.conn.call(c.listAllNetworks, 0):
         if not n.name().startswith(paths.PREFIX) or n.name() in owned:
             continue
-        if n.isActive():
-            t.conn.call(n.destroy)
-        if n.isPersistent():
-            t.conn.call(n.undefine)
+        remove_network(t.conn, n)
         done.append(f"network {n.name()}")
     done += reattach_stray(t, [n.pci for n in t.nics if n.kind in ("vf", "e1000e")])
     return done
