@@ -15,7 +15,7 @@ export DEBIAN_FRONTEND=noninteractive
 HOST_PACKAGES=(mmdebstrap e2fsprogs cpio qemu-utils openssh-client iproute2 procps
   libvirt-dev pkg-config python3-venv python3-dev gcc chromium
   vagrant vagrant-libvirt libvirt-daemon-system libvirt-daemon-driver-qemu dnsmasq-base
-  libxml2-utils socat iptables nftables grub-pc-bin parted ccache patch xz-utils gpgv debian-archive-keyring git)
+  libxml2-utils socat iptables nftables grub-pc-bin parted ccache patch xz-utils zstd gpgv debian-archive-keyring git)
 
 log() { printf '[harness.sh] %s\n' "$*" >&2; }
 

@@ -196,7 +196,8 @@ def cmd_libvirt_build(args) -> int:
 def cmd_mutants(args) -> int:
     from harness.libvirt_build import mutants
     return mutants.run(suite=args.suite, bed_name=args.bed, k=args.k, debian_version=args.debian_version,
-                       only=args.only, keep_bed=args.keep_bed, skip_control=args.skip_control)
+                       only=args.only, keep_bed=args.keep_bed, skip_control=args.skip_control,
+                       build_only=args.build_only, workers=args.workers)
 
 
 def cmd_bisect(args) -> int:
@@ -352,11 +353,15 @@ def parser() -> argparse.ArgumentParser:
     mu.add_argument("--suite", default="trixie", type=_suite)
     mu.add_argument("--bed", type=_bed_name, help="running bed to use (default: bring up hx-mutants-SUITE)")
     mu.add_argument("-k", help="pytest -k expression (default: the whole catalog)")
+    mu.add_argument("-n", dest="workers", type=_int_in(1, 1024, "auto", "logical"),
+                    help="pytest-xdist workers per scenario run (the bed's VFs are leased)")
     mu.add_argument("--debian-version")
     mu.add_argument("--only", action="append", help="only mutants whose name contains this (repeatable)")
     mu.add_argument("--keep-bed", action="store_true")
     mu.add_argument("--skip-control", action="store_true",
                     help="reuse the control verdicts of the previous results/mutants.json (marked carried_over)")
+    mu.add_argument("--build-only", action="store_true",
+                    help="build control and mutants (cached for the next run) and stop: no bed, no scenarios")
     mu.set_defaults(fn=cmd_mutants)
     bi = sub.add_parser("bisect", help="git bisect run: build, install into the bed, run scenarios per step")
     bi.add_argument("--source", required=True, type=_existing_dir, help="libvirt git tree")

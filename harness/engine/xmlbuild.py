@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from harness.errors import HarnessError
 from harness.scenario.model import Device, Domain, Network
 
-GUEST_KERNEL = "/var/lib/libvirt/images/hx-guest/vmlinuz"
+GUEST_KERNEL = "/var/lib/libvirt/images/hx-guest/vmlinux"   # ELF, PVH boot (bed/image.py)
 USB_PORTS = 15
 GUEST_INITRD = "/var/lib/libvirt/images/hx-guest/initrd.img"
 

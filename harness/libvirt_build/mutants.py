@@ -114,8 +114,13 @@ def _bed_for(suite: str, bed_name: str | None):
 
 def run(suite: str = "trixie", bed_name: str | None = None, k: str | None = None,
         debian_version: str | None = None, only: list[str] | None = None, keep_bed: bool = False,
-        out: Path | None = None, skip_control: bool = False) -> int:
-    """Build control + each mutant, run the scenarios on each, write results/mutants.json. Exit code."""
+        out: Path | None = None, skip_control: bool = False, build_only: bool = False,
+        workers: int | str | None = None) -> int:
+    """Build control + each mutant, run the scenarios on each, write results/mutants.json. Exit code.
+
+    build_only: stop after the builds (no bed): warms the build cache ahead of bed time, e.g. in the
+    background while other tests use the CPU's idle time.
+    """
     t0 = time.monotonic()
     base = source.prepare(suite, debian_version)
     version = (base / ".hx-ready").read_text().strip().split(":")[-1].rsplit("-", 1)[0]
@@ -141,8 +146,13 @@ def run(suite: str = "trixie", bed_name: str | None = None, k: str | None = None
         del builds["control"]
     for name, p in patches.items():
         builds[name] = build_mod.build(suite, debian_version=debian_version, patches=[p])
+    if build_only:
+        for name, b in builds.items():
+            print(f"{name:10} build {b.id}: {b.tarball} ({b.seconds.get('total', 'reused')} s)", flush=True)
+        return 0
     bed, owned = _bed_for(suite, bed_name)
-    report = {"suite": suite, "libvirt": version, "bed": bed.name, "k": k, "control": prev_control, "mutants": {},
+    report = {"suite": suite, "libvirt": version, "bed": bed.name, "k": k, "workers": workers,
+              "control": prev_control, "mutants": {},
               "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     rc = 0
     if prev_control is not None:
@@ -163,7 +173,7 @@ def run(suite: str = "trixie", bed_name: str | None = None, k: str | None = None
             say(f"mutants: {name} (build {b.id}): installing into bed {bed.name}")
             inst = install_mod.install(bed, b)
             proof = install_mod.installed_build(bed)
-            r = run_scenarios(bed, runs_dir / name, k=k)
+            r = run_scenarios(bed, runs_dir / name, k=k, extra=["-n", str(workers)] if workers else None)
             v = verdicts(r)
             entry = {"build": b.id, "patch": b.patches, "build_seconds": b.seconds, "install_seconds": inst,
                      "installed": {"id": proof.get("id"), "verified": proof.get("verified")},

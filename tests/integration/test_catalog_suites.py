@@ -1,7 +1,8 @@
 """The whole catalog against a bookworm bed (libvirt 9.0): the oldest libvirt QA still runs.
 
 The trixie run (libvirt 11.3) is the scenario items of this same pytest session; this test brings a
-bookworm bed up in a child pytest, checks every scenario passed (none skipped), and takes it down.
+bookworm bed up in a child pytest and checks every scenario passed (none skipped); the matrix test reuses
+that bed, and the module takes it down.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import sys
 import pytest
 
 from harness import paths
-from harness.bed import state
+from harness.bed import lifecycle, state
 from harness.report import run as report
 
 pytestmark = [pytest.mark.bed, pytest.mark.slow]
@@ -32,23 +33,37 @@ def run_suite(suite: str, extra: list[str]) -> tuple[subprocess.CompletedProcess
     return p, summary
 
 
-def test_whole_catalog_passes_on_bookworm_libvirt_9():
-    # One retry: a nested-KVM guest on the emulated CPU occasionally hangs at boot; a pass on retry is
-    # reported as flaky in summary.json and the report, never hidden.
-    p, summary = run_suite("bookworm", ["-n", "2", "--harness-retries", "1"])
+@pytest.fixture(scope="module")
+def bookworm_down():
+    """The bookworm bed the catalog test keeps up for the matrix test goes down with this module."""
+    yield
+    if state.load("bookworm") is not None:
+        lifecycle.down("bookworm")
+
+
+def test_whole_catalog_passes_on_bookworm_libvirt_9(bookworm_down):
+    # One retry: a pass on retry is reported as flaky in summary.json and the report, never hidden.
+    # --keep-bed: the matrix test below reuses this bed instead of booting another (1-2 min of CI).
+    up_before = state.load("bookworm") is not None
+    p, summary = run_suite("bookworm", ["-n", "2", "--harness-retries", "1", "--keep-bed"])
     assert summary["meta"]["libvirt"].startswith("9.0."), summary["meta"]
     verdicts = {s["scenario"]: s["verdict"] for s in summary["scenarios"]}
     bad = {k: v for k, v in verdicts.items() if v != "passed"}
     assert not bad, f"{bad}\n{p.stdout[-4000:]}"
     assert len(verdicts) >= 20
-    # The child session brought the bookworm bed up, so it took it down again.
-    assert state.load("bookworm") is None
+    assert up_before or state.load("bookworm") is not None, "--keep-bed: the bed the session brought up stays"
 
 
-def test_matrix_over_two_suites_writes_a_scenario_by_libvirt_table():
+def test_matrix_over_two_suites_writes_a_scenario_by_libvirt_table(bookworm_down):
+    before = state.load("bookworm")
     p = subprocess.run([sys.executable, "-m", "harness.cli", "matrix", "--suites", "bookworm,trixie",
                         "-k", "seed-hostdev-then-hotplug"], cwd=REPO, capture_output=True, text=True, timeout=3600)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    after = state.load("bookworm")
+    if before is not None:     # a running bed of the suite is reused, and left running
+        assert after is not None and after.pid == before.pid, (before, after)
+    else:                      # the matrix took down the bed it brought up
+        assert after is None
     text = (paths.results_dir() / "matrix.txt").read_text()
     header = text.splitlines()[0]
     assert "9.0.0" in header and "11.3.0" in header, text
@@ -56,4 +71,3 @@ def test_matrix_over_two_suites_writes_a_scenario_by_libvirt_table():
     assert row.count("PASS") == 2, text
     html = (paths.results_dir() / "matrix.html").read_text()
     assert "seed-hostdev-then-hotplug" in html and "9.0.0" in html
-    assert state.load("bookworm") is None     # the matrix took down the bed it brought up

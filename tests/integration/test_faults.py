@@ -283,27 +283,23 @@ def test_bed_hangs_mid_step_ssh_and_libvirt_time_out(tmp_path, bed):
     assert_bed_clean(bed)
 
 
-def test_bed_vm_killed_mid_step(tmp_path, hx_target):
-    """A bed of its own: killed with SIGKILL while the step runs, then brought up again by the next run."""
-    name = "hx-itest-fault"
-    b = lifecycle.up(suite=hx_target.suite, name=name)
-    try:
-        child = start_fault_run(tmp_path, b)
-        os.kill(b.pid, signal.SIGKILL)
-        rc = child.finish(timeout=300)
-        assert rc == 1
-        out = child.output
-        assert f"the bed VM {name} is gone (its QEMU, pid {b.pid}, exited or was killed)" in out, out[-3000:]
-        assert child.record()["verdict"] == "error"
-        with pytest.raises(Exception, match="no bed is up"):
-            lifecycle.find(name=name)
-        b2 = lifecycle.up(suite=hx_target.suite, name=name)   # cleans the dead bed's state, boots afresh
-        assert b2.pid != b.pid
-        assert_bed_clean(b2)
-        assert_next_run_clean(tmp_path, name)
-    finally:
-        if state.load(name) is not None:
-            lifecycle.down(name)
+def test_bed_vm_killed_mid_step(tmp_path, spare_bed):
+    """The spare bed (not the session's): killed with SIGKILL while the step runs, then brought up again."""
+    b = spare_bed()
+    name = b.name
+    child = start_fault_run(tmp_path, b)
+    os.kill(b.pid, signal.SIGKILL)
+    rc = child.finish(timeout=300)
+    assert rc == 1
+    out = child.output
+    assert f"the bed VM {name} is gone (its QEMU, pid {b.pid}, exited or was killed)" in out, out[-3000:]
+    assert child.record()["verdict"] == "error"
+    with pytest.raises(Exception, match="no bed is up"):
+        lifecycle.find(name=name)
+    b2 = lifecycle.up(suite=b.suite, name=name)   # cleans the dead bed's state, boots afresh
+    assert b2.pid != b.pid
+    assert_bed_clean(b2)
+    assert_next_run_clean(tmp_path, name)
 
 
 def test_leftovers_are_refused_then_swept_and_a_stray_vf_given_back(tmp_path, hx_target, bed):
