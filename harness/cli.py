@@ -32,11 +32,21 @@ def cmd_bed_build(args) -> int:
 
 def cmd_bed_up(args) -> int:
     from harness.bed import lifecycle
+    build = None
+    if args.libvirt_build:      # before booting anything: an unknown id is an error, not a half-done bed
+        from harness.libvirt_build import build as build_mod
+        build = build_mod.load(args.libvirt_build)
     bed = lifecycle.up(suite=args.suite, via=args.via, name=args.name, memory_mib=args.memory, cpus=args.cpus,
                        vfs=args.vfs, port=args.port, accel=args.accel)
     print(f"bed {bed.name} is up: suite {bed.suite}, via {bed.via}, accelerator {bed.accel} ({bed.accel_reason})")
     print(f"  ssh: ssh -F {bed.ssh_config} bed")
     print(f"  libvirt: {bed.uri.split('?')[0]}")
+    if build is not None:
+        from harness.libvirt_build import install
+        secs = install.install(bed, build)
+        got = install.installed_build(bed)
+        print(f"  libvirt build {build.id} ({build.version}) installed in {secs['total']} s; running daemon: "
+              f"{got['id']} (verified: {got['verified']})")
     return 0
 
 
@@ -212,6 +222,12 @@ class _Parser(argparse.ArgumentParser):
         super().error("".join(c if c.isprintable() else repr(c)[1:-1] for c in message))
 
 
+def _build_id(value: str) -> str:
+    if not re.fullmatch(r"[0-9a-f]{18}", value):
+        raise argparse.ArgumentTypeError(f"a build id is 18 hex digits (as 'harness libvirt build' prints), got {value!r}")
+    return value
+
+
 def _suite(value: str) -> str:
     from harness.bed.image import SUITES
     if value not in SUITES:
@@ -305,6 +321,8 @@ def parser() -> argparse.ArgumentParser:
     u.add_argument("--vfs", type=_int_in(1, 7), default=4, help="VFs per igb PF (1-7)")
     u.add_argument("--port", type=_int_in(1, 65535), help="host port for SSH on 127.0.0.1 (default: a free one)")
     u.add_argument("--accel", choices=["kvm", "tcg"], help="skip detection")
+    u.add_argument("--libvirt-build", metavar="ID", type=_build_id,
+                   help="then install this libvirt build (the id 'harness libvirt build' prints) and restart libvirtd")
     u.set_defaults(fn=cmd_bed_up)
     s = bed.add_parser("status", help="beds and their preconditions (testinfra)")
     s.add_argument("--json", action="store_true")

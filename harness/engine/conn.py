@@ -8,6 +8,7 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import os
+import signal
 import threading
 import time
 
@@ -20,6 +21,18 @@ _loop_started = False
 _loop_lock = threading.Lock()
 
 
+#: Ctrl-C must reach the main thread at once. The kernel hands a process signal to any thread that does not
+#: block it; one that lands in a helper thread leaves the main thread asleep in a wait until that wait ends
+#: (seen: a Ctrl-C during a 150 s wait-removed went unnoticed for 120 s). Helper threads block these, and
+#: the main thread's waits are sliced (WAIT_SLICE) so a pending signal is acted on within a second anyway.
+_MAIN_ONLY = {signal.SIGINT, signal.SIGTERM}
+WAIT_SLICE = 1.0
+
+
+def _block_signals() -> None:
+    signal.pthread_sigmask(signal.SIG_BLOCK, _MAIN_ONLY)
+
+
 def _ensure_event_loop() -> None:
     global _loop_started
     with _loop_lock:
@@ -28,10 +41,16 @@ def _ensure_event_loop() -> None:
         libvirt.virEventRegisterDefaultImpl()
 
         def run() -> None:
+            _block_signals()
             while True:
                 libvirt.virEventRunDefaultImpl()
         threading.Thread(target=run, name="libvirt-events", daemon=True).start()
         _loop_started = True
+
+
+def _call_pool() -> concurrent.futures.ThreadPoolExecutor:
+    return concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="libvirt-call",
+                                                 initializer=_block_signals)
 
 
 def _silence(_ctx, _err) -> None:
@@ -67,7 +86,7 @@ class Conn:
     def __init__(self, uri: str, call_timeout: float = 120.0):
         self.uri = uri
         self.call_timeout = call_timeout
-        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="libvirt-call")
+        self._pool = _call_pool()
         self._events: list[tuple[float, str, str, str]] = []   # (time, domain, kind, alias)
         self._cv = threading.Condition()
         self._cb_ids: list[int] = []
@@ -137,12 +156,18 @@ class Conn:
     def _bounded(self, fn, *args, timeout: float | None = None):
         fut = self._pool.submit(fn, *args)
         t0 = time.monotonic()
+        deadline = t0 + (timeout or self.call_timeout)
         try:
-            return fut.result(timeout=timeout or self.call_timeout)
+            while True:     # in slices: see WAIT_SLICE
+                try:
+                    return fut.result(timeout=max(0.0, min(WAIT_SLICE, deadline - time.monotonic())))
+                except concurrent.futures.TimeoutError:
+                    if time.monotonic() >= deadline:
+                        raise
         except concurrent.futures.TimeoutError:
             # The worker thread stays blocked in libvirt; give later calls a fresh one.
             self._pool.shutdown(wait=False)
-            self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="libvirt-call")
+            self._pool = _call_pool()
             raise LibvirtTimeout(f"libvirt call {getattr(fn, '__name__', fn)} did not return within "
                                  f"{timeout or self.call_timeout:.0f} s",
                                  hint="the bed or libvirtd may be stuck; see the bed's serial log") from None
@@ -194,7 +219,7 @@ class Conn:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return None
-                self._cv.wait(left)
+                self._cv.wait(min(left, WAIT_SLICE))   # see WAIT_SLICE
 
     # ---- helpers ---------------------------------------------------------------------
     def qemu_ids(self, dom: libvirt.virDomain, timeout: float = 60) -> set[str]:

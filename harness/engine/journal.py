@@ -19,9 +19,14 @@ from harness.errors import HarnessError
 
 
 def _start_time(pid: int) -> str | None:
-    """A process's start time (clock ticks since boot): tells a live owner from a reused pid."""
+    """A live process's start time (clock ticks since boot): tells a live owner from a reused pid.
+
+    None for a process that is gone or a zombie (dead, only not yet reaped by its parent: a killed run
+    whose parent has not waited must not keep its leftovers "owned").
+    """
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return None if fields[0] in ("Z", "X") else fields[19]
     except (OSError, IndexError):
         return None
 

@@ -148,6 +148,19 @@ def build_dir_for(tree: Path, suite: str) -> Path:
     return sub("builds", f"{suite}-{tkey}")
 
 
+def load(bid: str) -> Build:
+    """A packed build by its id (what `harness libvirt build` and `harness mutants --build-only` print)."""
+    meta = sub("out") / f"{bid}.json"
+    if meta.exists():
+        b = Build(**json.loads(meta.read_text()))
+        if Path(b.tarball).exists():
+            return b
+    kept = [p.name[:-len(".json")] for p in sorted(sub("out").glob("*.json"), key=lambda p: -p.stat().st_mtime)]
+    raise HarnessError(f"no libvirt build {bid} in {sub('out')}",
+                       hint="'harness libvirt build' prints the id of what it built; kept builds: "
+                            + (", ".join(kept[:8]) or "none"))
+
+
 def _tree_version(tree: Path) -> str:
     for line in (tree / "meson.build").read_text().splitlines()[:10]:
         if "version:" in line:

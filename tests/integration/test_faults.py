@@ -121,6 +121,7 @@ class Child:
             rc = self.p.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.p.kill()
+            self.p.wait(timeout=30)
             pytest.fail(f"the run did not end within {timeout:.0f} s of the fault:\n{self.output}")
         time.sleep(0.2)   # the reader thread drains the pipe
         self.elapsed = time.monotonic() - self.t0

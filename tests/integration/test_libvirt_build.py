@@ -95,6 +95,13 @@ def test_mutants_control_passes_and_both_mutants_are_killed(bed):
     assert lb["id"] == built["B-pool-interface-named-net"] and lb["verified"], lb
     assert lb["domain_log_names_build"] and f"hx-{lb['id']}" in lb["domain_log_package"], lb
 
+    # `bed up --libvirt-build ID` on a running bed: reused, the build installed, the daemon restarted on it
+    p = harness("bed", "up", "--name", bed.name, "--suite", bed.suite, "--libvirt-build", built["control"])
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert f"running daemon: {built['control']} (verified: True)" in p.stdout, p.stdout
+    (entry,) = json.loads(harness("bed", "status", "--name", bed.name, "--json").stdout)
+    assert entry["libvirt_build"]["id"] == built["control"] and entry["libvirt_build"]["verified"]
+
 
 def test_bisect_names_mutant_commit_and_skips_broken_one(bed, tmp_path):
     repo = tmp_path / "libvirt-git"

@@ -148,7 +148,7 @@ def valid_value(action) -> st.SearchStrategy[list[str]]:
     value = {cli._suite: st.sampled_from(sorted(SUITES)), cli._suites: st.just("trixie,bookworm"),
              cli._bed_name: st.sampled_from(["hx-fuzz", "trixie", "b.1_x"]), cli._existing_dir: st.just(str(A_DIR)),
              cli._existing_file: st.just(str(A_FILE)), cli._run_dir: st.just(str(A_RUN)),
-             cli._new_dir: st.just(str(TMP / "new-out"))}.get(t, st.sampled_from(["x", "seed or pool", "1.2.3"]))
+             cli._new_dir: st.just(str(TMP / "new-out")), cli._build_id: st.just("0123456789abcdef01")}.get(t, st.sampled_from(["x", "seed or pool", "1.2.3"]))
     return value.map(lambda v: [v])
 
 
@@ -189,6 +189,9 @@ def bad_value(action) -> st.SearchStrategy[str]:
         return missing | st.sampled_from([str(A_FILE), str(NOT_A_RUN)])
     if t is cli._new_dir:
         return st.sampled_from(["", str(A_FILE)])
+    if t is cli._build_id:
+        return junk_text.filter(lambda s: not re.fullmatch(r"[0-9a-f]{18}", s)) \
+            | st.sampled_from(["0123456789ABCDEF01", "0" * 17, "0" * 19, "../" + "0" * 15])
     return None
 
 
@@ -302,6 +305,7 @@ def test_pure_junk_argv(argv):
     (["bed", "status", ""], "unrecognized arguments: ''"),
     (["bed", "status", "a\nb"], "unrecognized arguments: 'a\\nb'"),
     (["bed", "up", "--name", "x\ny"], "argument --name: invalid bed name 'x\\ny'"),
+    (["bed", "up", "--libvirt-build", "latest"], "argument --libvirt-build: a build id is 18 hex digits"),
 ])
 def test_known_bad_arguments(argv, named):
     assert named in assert_refused(argv, {named})
@@ -354,3 +358,16 @@ def test_lint_names_every_bad_file_without_traceback(texts):
                 assert msg in out, (msg, out)          # file:line:column: message, as the loader says it
             elif "duplicate scenario name" not in out:
                 assert f"{f.name}::" in out, out       # a good file is collected
+
+
+def test_bed_up_with_an_unknown_build_fails_before_booting(tmp_path):
+    """`bed up --libvirt-build ID` checks the build exists first: no bed state, no QEMU, one error line."""
+    env = dict(os.environ, HARNESS_CACHE=str(tmp_path / "cache"))
+    p = subprocess.run([sys.executable, "-m", "harness.cli", "bed", "up", "--name", "hx-fuzz-nobuild",
+                        "--libvirt-build", "0123456789abcdef01"], capture_output=True, text=True, env=env, timeout=60,
+                       cwd=Path(__file__).resolve().parents[2])
+    assert p.returncode == 2, p.stderr
+    assert "harness: error: no libvirt build 0123456789abcdef01 in " in p.stderr
+    assert "'harness libvirt build' prints the id of what it built; kept builds: none" in p.stderr
+    assert "Traceback" not in p.stderr
+    assert not (tmp_path / "cache" / "beds" / "hx-fuzz-nobuild").exists()
