@@ -6,11 +6,15 @@ systemd" does. Each probe is bounded and cheap, and runs only after something al
 from __future__ import annotations
 
 import subprocess
+import time
 
 from harness.errors import HarnessError
 
 #: systemctl properties that tell a restart, a crash and a kill apart.
 _PROPS = "MainPID,NRestarts,Result,ActiveState,ExecMainCode,ExecMainStatus"
+_TRANSITIONAL = {"deactivating", "activating", "reloading"}
+#: how long a restart in progress may take to settle before it is reported as it stands (TCG bed: 5-40 s)
+SETTLE_S = 60
 
 
 def _ask(t) -> subprocess.CompletedProcess:
@@ -48,6 +52,15 @@ def explain(t, before: dict[str, str], since_epoch: str | None = None) -> str:
     now = _props(p)
     if p.returncode == 255 or not now:
         return hung % ("ssh: " + (" ".join(p.stderr.split())[:160] or f"exit status {p.returncode}"))
+    # Caught mid-restart ("deactivating"): the close callback fires as libvirtd starts to stop. Let systemd
+    # finish (bounded) so the sentence says what happened, not what was happening.
+    settle = time.monotonic() + SETTLE_S
+    while now.get("ActiveState") in _TRANSITIONAL and time.monotonic() < settle:
+        time.sleep(1)
+        try:
+            now = _props(_ask(t)) or now
+        except subprocess.TimeoutExpired:
+            break
     old_pid, new_pid = before.get("MainPID"), now.get("MainPID")
     journal = ""
     if since_epoch:

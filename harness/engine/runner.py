@@ -343,7 +343,7 @@ class Runner:
         c = self.t.conn
         problems = []
         try:
-            c.ensure(reconnect_timeout=30)
+            c.ensure(reconnect_timeout=90)     # a libvirtd restart in a TCG bed can take 30 s and more
         except HarnessError as e:
             self.cleanup_problems = [f"cleanup deferred, the bed does not answer ({e.message}): the next session "
                                      f"on this bed removes {self.dom_name} and its networks (journal "

@@ -93,8 +93,11 @@ class Child:
         self.lines: list[str] = []
         self._seen = threading.Condition()
         self.t0 = time.monotonic()
+        # env --default-signal=INT: a shell that starts jobs in the background (no job control, e.g. a CI
+        # runner's `cmd &`) makes them ignore SIGINT, and Python then installs no KeyboardInterrupt
+        # handler: the Ctrl-C test would wait forever. A person's Ctrl-C comes to a default disposition.
         self.p = subprocess.Popen(
-            [sys.executable, "-m", "pytest", str(d / f"{name}.yaml"), "-p", "harness.plugin", "-p", "no:cacheprovider",
+            ["env", "--default-signal=INT", sys.executable, "-m", "pytest", str(d / f"{name}.yaml"), "-p", "harness.plugin", "-p", "no:cacheprovider",
              "-q", "-s", "-rfEs", "--rootdir", str(REPO), "-c", str(REPO / "pyproject.toml"),
              "--bed", bed, "--no-bed-up", "--results-dir", str(self.results)],
             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

@@ -1,0 +1,51 @@
+"""diagnose.explain on scripted systemd answers: a restart caught mid-way is reported once it settled."""
+from __future__ import annotations
+
+import subprocess
+from types import SimpleNamespace
+
+import pytest
+
+from harness.bed import lifecycle
+from harness.engine import diagnose
+
+
+class FakeBed:
+    name, pid, serial_log = "hx-fake", 4242, "/nonexistent/serial.log"
+
+    def __init__(self, states: list[dict]):
+        self.states = states
+        self.asked = 0
+
+    def ssh(self, cmd: str, timeout: float = 60) -> subprocess.CompletedProcess:
+        if cmd.startswith("journalctl"):
+            return subprocess.CompletedProcess(cmd, 0, "x: Stopping libvirtd.service\nx: Started libvirtd.service\n", "")
+        st = self.states[min(self.asked, len(self.states) - 1)]
+        self.asked += 1
+        return subprocess.CompletedProcess(cmd, 0, "".join(f"{k}={v}\n" for k, v in st.items()) + "Epoch=1\n", "")
+
+
+@pytest.fixture(autouse=True)
+def bed_alive(monkeypatch):
+    monkeypatch.setattr(lifecycle, "alive", lambda bed: True)
+    monkeypatch.setattr(diagnose.time, "sleep", lambda s: None)
+
+
+BEFORE = {"MainPID": "100", "NRestarts": "0", "ActiveState": "active", "Result": "success"}
+
+
+def test_restart_caught_while_deactivating_is_reported_as_a_restart():
+    bed = FakeBed([{"MainPID": "100", "NRestarts": "0", "ActiveState": "deactivating", "Result": "success"},
+                   {"MainPID": "0", "NRestarts": "0", "ActiveState": "activating", "Result": "success"},
+                   {"MainPID": "200", "NRestarts": "0", "ActiveState": "active", "Result": "success"}])
+    why = diagnose.explain(SimpleNamespace(bed=bed), BEFORE, "1")
+    assert why.startswith("libvirtd was restarted during the scenario (pid 100 -> 200)"), why
+    assert "Started libvirtd.service" in why and bed.asked == 3
+
+
+def test_a_daemon_that_never_settles_is_reported_as_it_stands(monkeypatch):
+    monkeypatch.setattr(diagnose, "SETTLE_S", 0)
+    bed = FakeBed([{"MainPID": "100", "NRestarts": "0", "ActiveState": "deactivating", "Result": "success"}])
+    why = diagnose.explain(SimpleNamespace(bed=bed), BEFORE, "1")
+    assert why.startswith("libvirtd is deactivating (result success)"), why
+    assert bed.asked == 1
