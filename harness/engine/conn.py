@@ -23,8 +23,8 @@ _loop_lock = threading.Lock()
 
 #: Ctrl-C must reach the main thread at once. The kernel hands a process signal to any thread that does not
 #: block it; one that lands in a helper thread leaves the main thread asleep in a wait until that wait ends
-#: (seen: a Ctrl-C during a 150 s wait-removed went unnoticed for 120 s). Helper threads block these, and
-#: the main thread's waits are sliced (WAIT_SLICE) so a pending signal is acted on within a second anyway.
+#: (a wait-removed can last 150 s). Helper threads block these, and the main thread's waits are sliced
+#: (WAIT_SLICE) so a pending signal is acted on within a second anyway.
 _MAIN_ONLY = {signal.SIGINT, signal.SIGTERM}
 WAIT_SLICE = 1.0
 

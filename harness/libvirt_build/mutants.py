@@ -118,8 +118,8 @@ def run(suite: str = "trixie", bed_name: str | None = None, k: str | None = None
         workers: int | str | None = None) -> int:
     """Build control + each mutant, run the scenarios on each, write results/mutants.json. Exit code.
 
-    build_only: stop after the builds (no bed): warms the build cache ahead of bed time, e.g. in the
-    background while other tests use the CPU's idle time.
+    build_only: stop after the builds (no bed): warms the build cache ahead of bed time. (Not while a TCG
+    bed runs scenarios: a concurrent build made the nested guest boot 3x slower.)
     """
     t0 = time.monotonic()
     base = source.prepare(suite, debian_version)
