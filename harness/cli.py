@@ -221,6 +221,14 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message):   # one line, whatever the user typed (newlines, control characters)
         super().error("".join(c if c.isprintable() else repr(c)[1:-1] for c in message))
 
+    def parse_known_args(self, args=None, namespace=None):
+        # argparse turns `--opt=--` into an empty list without calling the option's type check, so the
+        # command got [] for e.g. --suite (a TypeError deep in the image code). Refuse it for every option.
+        for tok in (sys.argv[1:] if args is None else args):
+            if isinstance(tok, str) and re.fullmatch(r"--[\w-]+=--", tok):
+                self.error(f"argument {tok[:-3]}: expected one argument")
+        return super().parse_known_args(args, namespace)
+
 
 def _build_id(value: str) -> str:
     if not re.fullmatch(r"[0-9a-f]{18}", value):

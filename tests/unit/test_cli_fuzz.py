@@ -306,6 +306,7 @@ def test_pure_junk_argv(argv):
     (["bed", "status", "a\nb"], "unrecognized arguments: 'a\\nb'"),
     (["bed", "up", "--name", "x\ny"], "argument --name: invalid bed name 'x\\ny'"),
     (["bed", "up", "--libvirt-build", "latest"], "argument --libvirt-build: a build id is 18 hex digits"),
+    (["bed", "build", "--suite=--"], "argument --suite: expected one argument"),  # argparse gave the command []
 ])
 def test_known_bad_arguments(argv, named):
     assert named in assert_refused(argv, {named})
