@@ -6,11 +6,9 @@ files/), so it is rebuilt only when one of those changes.
 """
 from __future__ import annotations
 
-import glob
 import hashlib
 import json
 import os
-import re
 import shutil
 import subprocess
 import time
@@ -100,22 +98,46 @@ def image_for(suite: str) -> Image:
     return Image(suite=suite, key=key, dir=paths.images_dir() / key)
 
 
+#: apt's own view of its sources, whatever files they are in (one-line sources.list, deb822 *.sources, both).
+APT_SOURCES_CMD = ["apt-get", "indextargets", "--no-release-info", "--format", "$(SITE) $(RELEASE) $(TARGET_OF)",
+                   "Identifier: Packages"]
+
+
+def debian_site(indextargets: str, release: str | None) -> str | None:
+    """The archive apt takes `release` from; else the first binary archive that is not a security one."""
+    rows = [ln.split() for ln in indextargets.splitlines()]
+    rows = [r for r in rows if len(r) == 3 and r[2] == "deb"]
+    for site, rel, _ in rows:
+        if release and rel == release:
+            return site.rstrip("/")
+    for site, rel, _ in rows:
+        if not rel.endswith("-security") and not site.rstrip("/").endswith("-security"):
+            return site.rstrip("/")
+    return None
+
+
 def host_mirror() -> str | None:
-    """The Debian mirror the host's apt already uses (so no address is baked into the project)."""
+    """The Debian mirror the host's apt already uses (so no address is baked into the project).
+
+    Asks apt (`apt-get indextargets`) rather than reading files: fresh machines may have deb822
+    sources only, or no /etc/apt/sources.list at all.
+    """
     if os.environ.get("HARNESS_DEBIAN_MIRROR"):
         return os.environ["HARNESS_DEBIAN_MIRROR"]
-    texts = []
-    for f in ["/etc/apt/sources.list", *sorted(glob.glob("/etc/apt/sources.list.d/*"))]:
-        try:
-            texts.append(Path(f).read_text())
-        except OSError:
-            continue
-    for text in texts:
-        for m in re.finditer(r"^(?:URIs:\s*|deb\s+(?:\[[^\]]*\]\s+)?)(\S+/debian)/?\s*$", text, re.M):
-            return m.group(1)
-        for m in re.finditer(r"^deb\s+(?:\[[^\]]*\]\s+)?(\S+/debian)/?\s+\S+", text, re.M):
-            return m.group(1)
-    return None
+    try:
+        p = subprocess.run(APT_SOURCES_CMD, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if p.returncode != 0:
+        return None
+    release = None
+    try:
+        for line in Path("/etc/os-release").read_text().splitlines():
+            if line.startswith("VERSION_CODENAME="):
+                release = line.split("=", 1)[1].strip().strip('"') or None
+    except OSError:
+        pass
+    return debian_site(p.stdout, release)
 
 
 def require_tools(*tools: str) -> None:
