@@ -24,6 +24,7 @@ from harness.engine.session import Target
 from harness.engine.steps import ACTIONS, StepContext
 from harness.errors import HarnessError
 from harness.progress import say
+from harness.report.run import os_error_text, redact
 from harness.scenario.model import Device, Scenario, Step
 
 
@@ -95,6 +96,7 @@ class Runner:
         self.networks: dict[str, libvirt.virNetwork] = {}
         self.subnets: dict[str, int] = {}
         self.cleanup_problems: list[str] = []   # filled by _cleanup; the plugin fails the scenario on any
+        self.artefact_problems: list[str] = []  # artefact files that could not be written (full results disk)
         self.current: str | None = None         # the step running now, for infrastructure-error messages
 
     # ---- the fixed sequence ----------------------------------------------------------
@@ -126,10 +128,23 @@ class Runner:
                     raise
                 raise self._infrastructure(e) from None
             finally:
-                self._collect_logs()
-                self._cleanup(leases)
-                if not self.cleanup_problems:
-                    journal.remove(self.dom_name)
+                # Cleanup runs whatever writing artefacts does (a full results disk raised out of here once:
+                # the domain stayed in the bed while its VF lease was released).
+                try:
+                    self._collect_logs()
+                except Exception as e:
+                    self._artefact_problem("logs", e)
+                finally:
+                    self._cleanup(leases)
+                    if not self.cleanup_problems:
+                        journal.remove(self.dom_name)
+        if self.artefact_problems:     # the steps passed and the bed is clean, but the evidence is incomplete
+            more = len(self.artefact_problems) - 1
+            raise InfrastructureError(
+                f"during the artefact writes: could not write {self.artefact_problems[0]}"
+                + (f" (and {more} more file{'s' if more > 1 else ''})" if more else "")
+                + f"; the steps passed and the bed was cleaned up, the artefacts in {self.art} are incomplete",
+                hint="free space in the results directory (or use --results-dir elsewhere) and run again")
         return self.steps_log
 
     def _infrastructure(self, e: Exception) -> InfrastructureError:
@@ -319,11 +334,32 @@ class Runner:
     def _write_xml(self, i: int, step: Step, s: oracle.Snapshot) -> None:
         slug = re.sub(r"[^a-z0-9]+", "-", step.action)
         if s.live_xml:
-            (self.art / f"step-{i + 1:02d}-{slug}-live.xml").write_text(s.live_xml)
+            self._write_artefact(f"step-{i + 1:02d}-{slug}-live.xml", s.live_xml)
         if s.inactive_xml:
-            (self.art / f"step-{i + 1:02d}-{slug}-inactive.xml").write_text(s.inactive_xml)
+            self._write_artefact(f"step-{i + 1:02d}-{slug}-inactive.xml", s.inactive_xml)
         if s.qemu_ids is not None:
-            (self.art / f"step-{i + 1:02d}-{slug}-qemu-ids.txt").write_text("\n".join(sorted(s.qemu_ids)) + "\n")
+            self._write_artefact(f"step-{i + 1:02d}-{slug}-qemu-ids.txt", "\n".join(sorted(s.qemu_ids)) + "\n")
+
+    # ---- artefact files --------------------------------------------------------------
+    def _write_artefact(self, name: str, text: str) -> None:
+        """One file under artefacts/, redacted like summary.json (logs from the bed can quote the URI or a
+        key). A failed write (results disk full) is noted, never raised: the steps, the verdict and the
+        bed's cleanup go on; `_run_leased` reports the problem at the end."""
+        path = self.art / name
+        try:
+            path.write_text(redact(text))
+        except OSError as e:
+            try:
+                path.unlink(missing_ok=True)     # a truncated log would read as the whole story
+            except OSError:
+                pass
+            self._artefact_problem(name, e)
+
+    def _artefact_problem(self, name: str, e: BaseException) -> None:
+        text = f"{name}: {os_error_text(e)}" if isinstance(e, OSError) else f"{name}: {type(e).__name__}: {e}"
+        if not self.artefact_problems:
+            say(f"{self.sc.name}: could not write artefact {text}", warn=True)
+        self.artefact_problems.append(text)
 
     # ---- always ----------------------------------------------------------------------
     def _collect_logs(self) -> None:
@@ -332,11 +368,11 @@ class Runner:
         try:
             p = self.t.ssh(f"cat {shlex.quote(self.qemu_log)} 2>/dev/null; "
                            f"echo; echo '--- console ---'; cat {shlex.quote(self.console_log)} 2>/dev/null", timeout=30)
-            (self.art / "qemu.log").write_text(p.stdout)
+            self._write_artefact("qemu.log", p.stdout)
             p = self.t.ssh("tail -n 400 /var/log/libvirt/libvirtd.log 2>/dev/null", timeout=30)
-            (self.art / "libvirtd.log").write_text(p.stdout)
+            self._write_artefact("libvirtd.log", p.stdout)
         except Exception as e:   # logs are best effort; cleanup must still run
-            (self.art / "logs-error.txt").write_text(str(e))
+            self._write_artefact("logs-error.txt", str(e))
 
     def _cleanup(self, leases: Leases) -> None:
         """Remove the domain and networks and check every leased VF is back on its host driver."""
@@ -348,7 +384,7 @@ class Runner:
             self.cleanup_problems = [f"cleanup deferred, the bed does not answer ({e.message}): the next session "
                                      f"on this bed removes {self.dom_name} and its networks (journal "
                                      f"{self.t.lock_dir / 'journal'})"]
-            (self.art / "cleanup-problems.txt").write_text(self.cleanup_problems[0] + "\n")
+            self._write_artefact("cleanup-problems.txt", self.cleanup_problems[0] + "\n")
             return
         try:
             d = c.call(c.conn.lookupByName, self.dom_name)
@@ -386,8 +422,8 @@ class Runner:
                 except HarnessError as e:
                     problems.append(f"could not check the leased devices' drivers: {e.message}")
         if problems:
-            (self.art / "cleanup-problems.txt").write_text("\n".join(problems) + "\n")
-            self.cleanup_problems = problems
+            self.cleanup_problems = problems     # first: the file below may not fit on the results disk
+            self._write_artefact("cleanup-problems.txt", "\n".join(problems) + "\n")
 
 
 _SHUTOFF_REASONS = {libvirt.VIR_DOMAIN_SHUTOFF_UNKNOWN: "unknown", libvirt.VIR_DOMAIN_SHUTOFF_SHUTDOWN: "guest shut down",

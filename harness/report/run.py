@@ -9,6 +9,7 @@ overwrites another one (see `make_run_dir`).
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -48,6 +49,14 @@ def redact(text: str) -> str:
     text = _KEY_BLOCK.sub("[redacted key]", text)
     text = _URI_QUERY.sub(r"\1", text)
     return _SECRET_PARAM.sub(r"\1=[redacted]", text)
+
+
+def os_error_text(e: OSError) -> str:
+    """An OSError as a person reads it: "No space left on device (ENOSPC): /results/x/summary.json"."""
+    if not e.errno:
+        return str(e)
+    text = f"{e.strerror or os.strerror(e.errno)} ({errno.errorcode.get(e.errno, f'errno {e.errno}')})"
+    return text + (f": {e.filename}" if e.filename else "")
 
 
 def _redact_tree(obj: Any) -> Any:

@@ -1,0 +1,221 @@
+"""Issue 13, "no run loses its verdicts": a full results disk, torn history lines, pruned run folders.
+
+The disk-full tests run on a real, small tmpfs (mounted here, unmounted in a finally), so ENOSPC comes
+from the kernel, not from a mock. CI runs as root; a root-less developer run skips them, CI never does.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import subprocess
+from contextlib import contextmanager
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from harness import paths
+from harness.engine import runner as runner_mod
+from harness.engine.journal import Journal
+from harness.engine.runner import InfrastructureError, Runner, StepFailure
+from harness.scenario.loader import load_file
+
+SEED = paths.REPO / "scenarios" / "seed-hostdev-then-hotplug.yaml"
+
+
+# --- a small tmpfs ------------------------------------------------------------------------------
+
+@contextmanager
+def small_tmpfs(where: Path, size: str = "512k"):
+    """A tmpfs of `size` mounted on `where` (made if missing); always unmounted again."""
+    if os.geteuid() != 0:
+        if os.environ.get("CI"):
+            pytest.fail("the disk-full tests need root to mount a tmpfs; CI runs as root")
+        pytest.skip("needs root to mount a tmpfs (CI runs as root and never skips this)")
+    where.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(where)],
+                   check=True, capture_output=True, text=True)
+    try:
+        yield where
+    finally:
+        if subprocess.run(["umount", str(where)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(where)], capture_output=True)
+
+
+def fill(fs: Path, leave: int = 0) -> None:
+    """Fill the file system on `fs` until at most `leave` bytes are free (tmpfs counts whole pages)."""
+    st = os.statvfs(fs)
+    free = st.f_bavail * st.f_frsize
+    with open(fs / ".filler", "wb") as f:
+        try:
+            f.write(b"\0" * max(0, free - leave))
+            f.flush()
+        except OSError as e:
+            assert e.errno == errno.ENOSPC, e
+    st = os.statvfs(fs)
+    assert st.f_bavail * st.f_frsize <= max(leave, 0) + st.f_frsize, "the tmpfs did not fill"
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    with small_tmpfs(tmp_path / "fs") as fs:
+        yield fs
+
+
+def test_fill_really_gives_enospc(tmpfs):
+    fill(tmpfs)
+    with pytest.raises(OSError) as e:
+        (tmpfs / "x").write_text("y" * 10_000)
+    assert e.value.errno == errno.ENOSPC
+
+
+# --- runner: cleanup runs whatever writing artefacts does (item 3) ------------------------------
+
+class FakeDom:
+    def __init__(self, log):
+        self.log = log
+
+    def isActive(self):
+        return True
+
+    def isPersistent(self):
+        return True
+
+    def destroy(self):
+        self.log.append("destroy")
+
+    def undefineFlags(self, flags):
+        self.log.append("undefine")
+
+
+class FakeNet(FakeDom):
+    def __init__(self, log, name):
+        super().__init__(log)
+        self._name = name
+
+    def name(self):
+        return self._name
+
+    def undefine(self):
+        self.log.append(f"undefine {self._name}")
+
+    def destroy(self):
+        self.log.append(f"destroy {self._name}")
+
+
+class FakeConn:
+    def __init__(self, log):
+        self.log = log
+        self.closed = False
+        self.conn = SimpleNamespace(lookupByName=lambda n: FakeDom(log),
+                                    networkLookupByName=lambda n: FakeNet(log, n))
+
+    def ensure(self, reconnect_timeout=None):
+        self.log.append("ensure")
+
+    def call(self, fn, *a, timeout=None):
+        return fn(*a)
+
+
+def fake_target(tmp_path: Path, log: list, big_log: str):
+    bed = SimpleNamespace(name="fake", ssh=lambda cmd, timeout=60: SimpleNamespace(stdout=big_log, stderr="",
+                                                                                      returncode=0))
+    t = SimpleNamespace(bed=bed, conn=FakeConn(log), lock_dir=tmp_path / "locks", nics=[], worker="gw0",
+                        run_tag="t0", kvm_available=False, libvirt_seconds=0.0)
+    t.ssh = lambda cmd, timeout=60: bed.ssh(cmd, timeout)
+    return t
+
+
+def seed_runner(monkeypatch, tmp_path: Path, art: Path, log: list, steps=None, big_log="x" * 200_000):
+    (sc,) = load_file(SEED)
+    t = fake_target(tmp_path, log, big_log)
+    r = Runner(sc, t, art)
+
+    def lease(self, leases):
+        self.r.addrs.update({"vf1": "0000:01:10.0", "vf2": "0000:01:10.2"})
+        self.r.networks["lan"] = f"{self.dom_name}-lan"
+
+    monkeypatch.setattr(Runner, "_lease", lease)
+    monkeypatch.setattr(Runner, "_prepare", lambda self: None)
+    monkeypatch.setattr(Runner, "_create_networks", lambda self: log.append("created"))
+    monkeypatch.setattr(Runner, "_run_steps", steps or (lambda self: self.steps_log.append({"verdict": "passed"})))
+    monkeypatch.setattr(runner_mod.diagnose, "daemon_state", lambda t: {})
+    monkeypatch.setattr(runner_mod, "on_vfio", lambda t, addrs: log.append(f"vfio check {addrs}") or [])
+    return r
+
+
+def cleaned_up(log: list, r: Runner) -> bool:
+    return ("destroy" in log and "undefine" in log and f"undefine {r.r.networks['lan']}" in log
+            and any(x.startswith("vfio check") for x in log))
+
+
+def test_full_results_disk_still_cleans_up_and_names_the_write_failure(monkeypatch, tmp_path, tmpfs):
+    log: list = []
+    art = tmpfs / "run" / "artefacts" / "seed"
+    r = seed_runner(monkeypatch, tmp_path, art, log)
+    fill(tmpfs, leave=8192)
+    with pytest.raises(InfrastructureError) as e:
+        r._run_leased()
+    msg = str(e.value)
+    assert "No space left on device (ENOSPC)" in msg and "qemu.log" in msg, msg
+    assert "the steps passed and the bed was cleaned up" in msg and str(art) in msg
+    assert cleaned_up(log, r), log
+    assert Journal(tmp_path / "locks").entries() == []     # a clean end: the journal entry is gone
+    assert not (art / "qemu.log").exists(), "a truncated log is removed, not left to mislead"
+    assert r.steps_log == [{"verdict": "passed"}]
+
+
+def test_a_step_failure_keeps_its_verdict_when_artefacts_do_not_fit(monkeypatch, tmp_path, tmpfs, capsys):
+    log: list = []
+    (sc,) = load_file(SEED)
+
+    def failing_steps(self):
+        self._write_artefact("step-01-start-live.xml", "<domain/>" * 20_000)
+        raise StepFailure(1, sc.steps[1], "libvirt-error", "the step to succeed", "Unable to determine ...")
+
+    art = tmpfs / "run" / "artefacts" / "seed"
+    r = seed_runner(monkeypatch, tmp_path, art, log, steps=failing_steps)
+    fill(tmpfs, leave=4096)
+    with pytest.raises(StepFailure) as e:      # the verdict, not the disk's complaint
+        r._run_leased()
+    assert e.value.check == "libvirt-error"
+    assert cleaned_up(log, r), log
+    assert "could not write artefact step-01-start-live.xml: No space left on device (ENOSPC)" in capsys.readouterr().err
+    assert len(r.artefact_problems) >= 2      # the step XML, then the logs
+
+
+def test_an_exception_out_of_log_collection_still_cleans_up(monkeypatch, tmp_path):
+    log: list = []
+    r = seed_runner(monkeypatch, tmp_path, tmp_path / "art", log)
+
+    def boom(self):
+        raise OSError(errno.EIO, "Input/output error", str(self.art / "qemu.log"))
+
+    monkeypatch.setattr(Runner, "_collect_logs", boom)
+    with pytest.raises(InfrastructureError, match=r"Input/output error \(EIO\)"):
+        r._run_leased()
+    assert cleaned_up(log, r), log
+
+
+def test_cleanup_problems_survive_a_full_disk(monkeypatch, tmp_path, tmpfs):
+    log: list = []
+    r = seed_runner(monkeypatch, tmp_path, tmpfs / "art", log)
+    monkeypatch.setattr(runner_mod, "on_vfio", lambda t, addrs: list(addrs))
+    fill(tmpfs)
+    with pytest.raises(InfrastructureError):
+        r._run_leased()
+    assert r.cleanup_problems and "vfio-pci" in r.cleanup_problems[0]
+    assert Journal(tmp_path / "locks").entries(), "an unclean end keeps the journal entry for the next session"
+
+
+def test_artefacts_from_the_bed_are_redacted(monkeypatch, tmp_path):
+    key = "-----BEGIN OPENSSH " + "PRIVATE KEY-----\nAAAAsecret\n-----END OPENSSH " + "PRIVATE KEY-----"
+    leak = f"connecting to qemu+ssh://root@127.0.0.1:2222/system?keyfile=/k/id_ed25519&no_verify=1\n{key}\n"
+    log: list = []
+    r = seed_runner(monkeypatch, tmp_path, tmp_path / "art", log, big_log=leak)
+    r._run_leased()
+    for name in ("qemu.log", "libvirtd.log"):
+        text = (tmp_path / "art" / name).read_text()
+        assert "id_ed25519" not in text and "AAAAsecret" not in text and "PRIVATE KEY" not in text, text
+        assert "qemu+ssh://root@127.0.0.1:2222/system" in text and "[redacted key]" in text
