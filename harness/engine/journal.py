@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -16,6 +18,13 @@ from pathlib import Path
 import libvirt
 
 from harness.errors import HarnessError
+
+#: a PCI address as the harness writes it (DDDD:BB:SS.F); anything else in a journal is not ours
+PCI_RE = re.compile(r"[0-9a-fA-F]{4}:[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7]")
+
+
+def valid_pci(addr) -> bool:
+    return isinstance(addr, str) and PCI_RE.fullmatch(addr) is not None
 
 
 def _start_time(pid: int) -> str | None:
@@ -40,6 +49,13 @@ class Entry:
     pid: int = field(default_factory=os.getpid)
     pid_start: str | None = field(default_factory=lambda: _start_time(os.getpid()))
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%d %H:%M:%S"))
+
+    def __post_init__(self):
+        # The journal is read back from disk and its PCI addresses end up in a shell command in the
+        # bed: an entry with anything else is not one this harness wrote (entries() drops it).
+        bad = [a for a in self.pci if not valid_pci(a)] if isinstance(self.pci, list) else [self.pci]
+        if bad:
+            raise ValueError(f"journal entry {self.domain!r}: not PCI addresses: {bad!r}")
 
     def owner_alive(self) -> bool:
         return self.pid_start is not None and _start_time(self.pid) == self.pid_start
@@ -67,7 +83,9 @@ class Journal:
             try:
                 out.append(Entry(**json.loads(p.read_text())))
             except (OSError, ValueError, TypeError):
-                p.unlink(missing_ok=True)    # a torn write of a dead run: nothing to act on
+                # a torn write of a dead run, or not a PCI address: nothing to act on (its leftovers
+                # are then unexplained ones: refused, not swept)
+                p.unlink(missing_ok=True)
         return out
 
     def orphans(self) -> list[Entry]:
@@ -118,9 +136,12 @@ def on_vfio(t, addrs: list[str]) -> list[str]:
     """Those of `addrs` (PCI devices in the bed) bound to vfio-pci right now."""
     if not addrs or t.bed is None:
         return []
-    p = t.ssh("for d in " + " ".join(addrs) +
-              "; do echo $d $(basename $(readlink /sys/bus/pci/devices/$d/driver 2>/dev/null) 2>/dev/null); done",
-              timeout=30)
+    bad = [a for a in addrs if not valid_pci(a)]
+    if bad:
+        raise HarnessError(f"not PCI addresses: {bad!r}", hint="the journal or the device list is corrupt")
+    p = t.ssh("for d in " + " ".join(shlex.quote(a) for a in addrs) +
+              '; do echo "$d" $(basename "$(readlink "/sys/bus/pci/devices/$d/driver" 2>/dev/null)" 2>/dev/null);'
+              ' done', timeout=30)
     return [ln.split()[0] for ln in p.stdout.splitlines() if ln.endswith(" vfio-pci")]
 
 
