@@ -167,11 +167,11 @@ def cmd_report(args) -> int:
     hist = report.read_history(root)
     if not hist:
         raise HarnessError("no runs in results/history.jsonl yet", hint="run 'harness run' first")
-    cur_line = hist[-1] if not args.run else next((h for h in hist if h["run_dir"].endswith(args.run)), None)
+    cur_line = hist[-1] if not args.run else next((h for h in hist if h.get("run_dir", "").endswith(args.run)), None)
     if cur_line is None:
         raise HarnessError(f"no run {args.run!r} in history")
-    cur = json.loads((root / cur_line["run_dir"] / "summary.json").read_text())
-    prev = report.previous_run(root, cur["meta"].get("suite"), cur["meta"]["run_id"])
+    cur = report.summary_of(root, cur_line)     # a pruned run folder: named, then its history line is used
+    prev = report.previous_run(root, cur["meta"].get("suite"), cur["meta"].get("run_id"))
     print(report.format_compare(report.compare(prev, cur)))
     return 0
 

@@ -70,6 +70,9 @@ def _redact_tree(obj: Any) -> Any:
     return obj
 
 
+redact_tree = _redact_tree
+
+
 # --- one run -----------------------------------------------------------------------------------
 
 def _safe(part: str) -> str:
@@ -116,13 +119,42 @@ def count(records: list[dict]) -> dict:
     return counts
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """A reader (or a crash) never sees half a file. 0644: CI may upload it as another user."""
+def write_atomic(path: Path, text: str) -> None:
+    """A reader (or a crash) never sees half a file. 0644: CI may upload it as another user.
+
+    The data is on disk (fsync) before the rename, so a full disk fails here, not later; on any
+    failure the temporary file is removed (a full disk once kept a 0-byte `.summary.json.*`).
+    """
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+_write_atomic = write_atomic
+
+
+def copy_redacted(src: Path, dst: Path) -> None:
+    """Copy a text file (junit.xml, a log) into results/, redacted like summary.json; atomic.
+
+    Binary files are copied as they are (redaction is for text a person reads or attaches)."""
+    data = Path(src).read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        shutil.copyfile(src, dst)
+        return
+    write_atomic(Path(dst), redact(text))
 
 
 def write_run(run_dir: Path, meta: dict, records: list[dict], comparison: dict | None = None) -> dict:
@@ -166,11 +198,28 @@ def append_history(results_root: Path, summary: dict, run_dir: Path) -> dict:
         "flaky": sorted(r["scenario"] for r in summary["scenarios"] if is_flaky(r)),
         "run_dir": _relative(run_dir, results_root),
     }
-    line = json.dumps(entry, ensure_ascii=False, separators=(",", ":")) + "\n"
+    line = (json.dumps(entry, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
     results_root.mkdir(parents=True, exist_ok=True)
     with FileLock(str(results_root / (HISTORY + ".lock")), timeout=60):
-        with open(results_root / HISTORY, "a", encoding="utf-8") as f:
-            f.write(line)
+        fd = os.open(results_root / HISTORY, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            size = os.lseek(fd, 0, os.SEEK_END)
+            # A torn last line (a writer killed mid-line, a full disk) must not swallow this entry.
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                line = b"\n" + line
+            try:
+                view = memoryview(line)
+                while view:                # unbuffered: nothing is left to flush after a failure
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            except BaseException:
+                try:                       # leave the file as it was, not with part of this line
+                    os.ftruncate(fd, size)
+                except OSError:
+                    pass
+                raise
+        finally:
+            os.close(fd)
     return entry
 
 
@@ -180,14 +229,60 @@ def read_history(results_root: Path) -> list[dict]:
     if not path.exists():
         return []
     entries = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    text = path.read_text(encoding="utf-8", errors="replace")
+    lines = text.splitlines()
+    for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             entries.append(json.loads(line))
+            continue
         except json.JSONDecodeError as e:
-            say(f"{path}:{n}: skipping damaged history line ({e})", warn=True)
+            err = e
+        torn = n == len(lines) and not text.endswith("\n")
+        whole = _after_torn_part(line)
+        if whole is not None:      # an older writer appended a whole entry straight after a torn line
+            say(f"{path}:{n}: skipping the torn start of a history line, keeping the entry after it", warn=True)
+            entries.append(whole)
+        else:
+            say(f"{path}:{n}: skipping {'torn last' if torn else 'damaged'} history line ({err})", warn=True)
     return entries
+
+
+def _after_torn_part(line: str) -> dict | None:
+    """The whole entry at the end of `line`, after a torn one: the last `{"meta":` that parses to the end."""
+    decoder = json.JSONDecoder()
+    start = len(line)
+    while (start := line.rfind('{"meta":', 0, start)) > 0:
+        try:
+            obj, end = decoder.raw_decode(line, start)
+        except json.JSONDecodeError:
+            continue
+        if not line[end:].strip() and isinstance(obj, dict):
+            return obj
+    return None
+
+
+def summary_from_history(entry: dict) -> dict:
+    """A summary with verdicts only, rebuilt from a history line (its run folder is gone)."""
+    flaky = set(entry.get("flaky", []))
+    return {"meta": entry.get("meta", {}), "counts": entry.get("counts", {}),
+            "scenarios": [{"scenario": s, "verdict": v, **({"attempts": 2} if s in flaky else {})}
+                          for s, v in entry.get("scenarios", {}).items()]}
+
+
+def summary_of(results_root: Path, entry: dict) -> dict:
+    """The run's summary.json; if its folder was pruned (or the file is unreadable), say which run is
+    missing and carry on with the verdicts its history line holds."""
+    run_dir = results_root / entry.get("run_dir", "")
+    try:
+        return load_summary(run_dir)
+    except (OSError, ValueError) as e:
+        why = "is gone (pruned?)" if not run_dir.exists() else f"has no readable summary.json ({e})"
+        run_id = entry.get("meta", {}).get("run_id")
+        say(f"run {run_id} ({entry.get('run_dir')}): the folder {run_dir} {why}; using its verdicts "
+            f"from {results_root / HISTORY}", warn=True)
+        return summary_from_history(entry)
 
 
 def previous_run(results_root: Path, suite: str, before_run_id: str, shard: str | None = None) -> dict | None:
@@ -207,11 +302,7 @@ def previous_run(results_root: Path, suite: str, before_run_id: str, shard: str 
             found = entry
     if found is None:
         return None
-    run_dir = results_root / found["run_dir"]
-    if (run_dir / "summary.json").is_file():
-        return load_summary(run_dir)
-    return {"meta": found["meta"], "counts": found["counts"],
-            "scenarios": [{"scenario": s, "verdict": v} for s, v in found["scenarios"].items()]}
+    return summary_of(results_root, found)
 
 
 # --- comparison --------------------------------------------------------------------------------
@@ -296,7 +387,7 @@ def _copy_artefacts(shard_dir: Path, record: dict, out_dir: Path) -> None:
         return
     src = _inside(shard_dir, rel)
     if src.is_dir():
-        shutil.copytree(src, _inside(out_dir, rel))
+        shutil.copytree(src, _inside(out_dir, rel), copy_function=copy_redacted)
 
 
 def _merged_meta(summaries: list[tuple[Path, dict]]) -> dict:
@@ -322,7 +413,8 @@ def _merge_junit(shard_dirs: list[Path], out_dir: Path) -> None:
     for attr in ("tests", "failures", "errors", "skipped"):
         root.set(attr, str(sum(int(s.get(attr, 0)) for s in root)))
     root.set("time", f"{sum(float(s.get('time', 0)) for s in root):.3f}")
-    ET.ElementTree(root).write(out_dir / "junit.xml", encoding="utf-8", xml_declaration=True)
+    text = ET.tostring(root, encoding="unicode", xml_declaration=True)
+    write_atomic(out_dir / "junit.xml", redact(text))
 
 
 def merge_shards(shard_dirs: list[Path], out_dir: Path) -> dict:

@@ -20,6 +20,7 @@ from harness.report.html import slug
 _PK = "OPENSSH " + "PRIVATE KEY"
 KEY = f"-----BEGIN {_PK}-----\nb3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQ\n-----END {_PK}-----"
 URI = "qemu+ssh://root@127.0.0.1:2222/system?keyfile=/home/ci/.cache/beds/trixie/id_ed25519&no_verify=1"
+URI_XML = URI.replace("&", "&amp;")     # as it stands in junit.xml
 HOSTILE = 'a"<b>$(x)'
 
 
@@ -433,3 +434,67 @@ def test_report_files_are_readable_by_others(tmp_path):
     """CI uploads the dir as another user; mkstemp's 0600 would hide the report."""
     run.write_run(tmp_path, meta(), [rec("a")])
     assert (tmp_path / "report.html").stat().st_mode & 0o044 == 0o044
+
+
+# --- issue 13: torn history lines, pruned run folders, redacted junit/artefacts ------------------
+
+def test_append_after_a_torn_line_starts_a_new_line(tmp_path):
+    _history(tmp_path, ("r1", "trixie", None, {"a": "passed"}))
+    with open(tmp_path / "history.jsonl", "a") as f:
+        f.write('{"meta": {"run_id": "killed-wri')          # a writer killed mid-line: no newline
+    _history(tmp_path, ("r2", "trixie", None, {"a": "failed"}))
+    lines = (tmp_path / "history.jsonl").read_text().splitlines()
+    assert len(lines) == 3 and json.loads(lines[2])["meta"]["run_id"] == "r2"
+    assert [e["meta"]["run_id"] for e in run.read_history(tmp_path)] == ["r1", "r2"]
+    assert run.previous_run(tmp_path, "trixie", "r3")["meta"]["run_id"] == "r2"
+
+
+def test_reading_keeps_an_entry_glued_to_a_torn_line(tmp_path, capsys):
+    """A history written before the newline check: the torn start is dropped, the whole entry kept."""
+    _history(tmp_path, ("r1", "trixie", None, {"a": "passed"}))
+    whole = (tmp_path / "history.jsonl").read_text()
+    (tmp_path / "history.jsonl").write_text('{"meta":{"run_id":"torn","suite":"tri' + whole + '{"meta": {"ha')
+    assert [e["meta"]["run_id"] for e in run.read_history(tmp_path)] == ["r1"]
+    err = capsys.readouterr().err
+    assert "history.jsonl:1: skipping the torn start of a history line" in err
+    assert "history.jsonl:2: skipping torn last history line" in err
+
+
+def _cli_report(monkeypatch, root, *argv) -> int:
+    from harness import cli
+    monkeypatch.setenv("HARNESS_RESULTS", str(root))
+    return cli.main(["report", *argv])
+
+
+def test_harness_report_names_a_pruned_run_and_carries_on(tmp_path, monkeypatch, capsys):
+    _history(tmp_path, ("r1", "trixie", None, {"a": "failed", "b": "passed"}),
+             ("r2", "trixie", None, {"a": "passed", "b": "passed"}),
+             ("r3", "trixie", None, {"a": "passed", "b": "failed"}))
+    import shutil
+    shutil.rmtree(tmp_path / "r3")                      # the newest run's folder pruned
+    shutil.rmtree(tmp_path / "r2")                      # and the one it is compared with
+    assert _cli_report(monkeypatch, tmp_path) == 0
+    out, err = capsys.readouterr()
+    assert "run r3 (r3): the folder" in err and "is gone (pruned?)" in err and "run r2 (r2)" in err, err
+    assert "Traceback" not in out + err
+    assert out.startswith("Run r3 compared with r2:") and "New failures (1):\n    - b" in out, out
+    assert _cli_report(monkeypatch, tmp_path, "--run", "r1") == 0      # an existing one needs no warning
+    out, err = capsys.readouterr()
+    assert "no previous run" in out and "pruned" not in err
+
+
+def test_merge_redacts_junit_and_copied_artefacts(tmp_path):
+    a = _shard(tmp_path, "1/1", [rec("a")], 1, 0)
+    (a / "junit.xml").write_text(f'<?xml version="1.0"?><testsuites><testsuite name="pytest" tests="1">'
+                                 f'<testcase name="a"><system-err>{URI_XML}\n{KEY}</system-err></testcase>'
+                                 f'</testsuite></testsuites>')
+    (a / "artefacts" / "a" / "qemu.log").write_text(f"-drive ... {URI}\n{KEY}\n")
+    (a / "artefacts" / "a" / "blob.bin").write_bytes(b"\xff\xfe\x00binary")
+    out = tmp_path / "merged"
+    run.merge_shards([a], out)
+    for f in ("junit.xml", "artefacts/a/qemu.log"):
+        text = (out / f).read_text()
+        assert "id_ed25519" not in text and "PRIVATE KEY" not in text, f
+        assert "qemu+ssh://root@127.0.0.1:2222/system" in text, f
+    assert (out / "artefacts" / "a" / "blob.bin").read_bytes() == b"\xff\xfe\x00binary"
+    assert ET.parse(out / "junit.xml").getroot().get("tests") == "1"

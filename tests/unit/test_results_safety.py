@@ -219,3 +219,174 @@ def test_artefacts_from_the_bed_are_redacted(monkeypatch, tmp_path):
         text = (tmp_path / "art" / name).read_text()
         assert "id_ed25519" not in text and "AAAAsecret" not in text and "PRIVATE KEY" not in text, text
         assert "qemu+ssh://root@127.0.0.1:2222/system" in text and "[redacted key]" in text
+
+
+# --- the run's summary on a full disk: records kept until it is written (item 2) ----------------
+
+from harness.plugin import HarnessSession          # noqa: E402
+from harness.report import run as report           # noqa: E402
+
+URI = "qemu+ssh://root@127.0.0.1:2222/system?keyfile=/home/ci/.cache/beds/trixie/id_ed25519&no_verify=1"
+URI_XML = URI.replace("&", "&amp;")     # as it stands in junit.xml
+KEY = "-----BEGIN OPENSSH " + "PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQ\n-----END OPENSSH " + "PRIVATE KEY-----"
+
+
+class Terminal:
+    def __init__(self):
+        self.lines: list[str] = []
+
+    def write_line(self, line, **markup):
+        self.lines.append(line)
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+
+class FakeConfig:
+    """What HarnessSession's results part reads from pytest's config."""
+
+    def __init__(self, results: Path):
+        self.tr = Terminal()
+        self.session = SimpleNamespace(exitstatus=pytest.ExitCode.OK)
+        self._opts = {"hx_results": str(results), "hx_keep": True}
+        self.invocation_params = SimpleNamespace(args=("scenarios", "-k", "seed"))
+        self.pluginmanager = SimpleNamespace(
+            get_plugin=lambda name: {"terminalreporter": self.tr, "session": self.session}.get(name))
+
+    def getoption(self, name):
+        return self._opts[name]
+
+
+def meta() -> dict:
+    return {"uri": "qemu+ssh://root@127.0.0.1:2222/system", "libvirt": "11.3.0", "qemu": "10.0.13",
+            "kernel": "6.12", "suite": "trixie", "accelerator": "tcg", "domain_type": "qemu", "bed": "trixie"}
+
+
+def record(name: str, verdict: str = "passed", **over) -> dict:
+    r = {"scenario": name, "nodeid": f"scenarios/{name}.yaml::{name}", "file": f"scenarios/{name}.yaml",
+         "line": 1, "tags": [], "guards": "g", "verdict": verdict, "duration_s": 1.0, "attempts": 1,
+         "skip_reason": None, "failure": None, "steps": [], "artefacts": f"artefacts/{name}"}
+    r.update(over)
+    return r
+
+
+@pytest.fixture
+def session(monkeypatch, tmp_path):
+    """A controller HarnessSession whose results dir is a fresh 512 KiB tmpfs (the cache is on tmp_path)."""
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
+    with small_tmpfs(tmp_path / "results") as root:
+        cfg = FakeConfig(root)
+        hx = HarnessSession(cfg, "20261126T071500Z-abc123")
+        hx._claim_run_dir(meta())
+        yield hx, cfg, root
+
+
+def junit(hx) -> None:
+    hx.staging.mkdir(parents=True, exist_ok=True)
+    (hx.staging / "junit.xml").write_text(f'<?xml version="1.0"?><testsuites><testsuite name="pytest" tests="1">'
+                                          f'<testcase name="seed"><system-err>{URI_XML}\n{KEY}</system-err></testcase>'
+                                          f'</testsuite></testsuites>')
+
+
+def temp_files(root: Path) -> list[Path]:
+    return [p for p in root.rglob(".*") if p.name != ".filler"]
+
+
+def test_write_run_on_a_full_disk_keeps_the_records_and_says_where(session):
+    hx, cfg, root = session
+    hx.save_record(record("seed-hostdev-then-hotplug", "failed"))
+    hx.save_record(record("pool-by-pf"))
+    junit(hx)
+    fill(root)
+    hx.finish()
+
+    run_dir = hx.run_dir
+    kept = sorted(p.name for p in (run_dir / "records").glob("*.json"))
+    assert kept == ["pool-by-pf.json", "seed-hostdev-then-hotplug.json"]
+    assert (run_dir / "meta.json").is_file()
+    assert json.loads((run_dir / "records" / "seed-hostdev-then-hotplug.json").read_text())["verdict"] == "failed"
+    assert not (run_dir / "summary.json").exists()
+    assert temp_files(root) == [], "a failed atomic write leaves no temporary file"
+    (msg,) = [ln for ln in cfg.tr.lines if "not all written" in ln]     # one message
+    assert "summary.json/report.html: No space left on device (ENOSPC)" in msg, msg
+    assert f"the verdicts are kept, one JSON record per scenario, in {run_dir / 'records'} (2 files)" in msg, msg
+    assert f"run metadata in {run_dir / 'meta.json'}" in msg
+    assert "verdicts: pool-by-pf passed, seed-hostdev-then-hotplug failed" in msg
+    assert f"junit.xml is kept at {hx.staging / 'junit.xml'}" in msg and (hx.staging / "junit.xml").is_file()
+    assert cfg.session.exitstatus == pytest.ExitCode.TESTS_FAILED, "a run whose results were lost is not green"
+    history = root / report.HISTORY
+    assert not history.exists() or history.read_text() == "", "no half line in history.jsonl"
+
+
+def test_summary_is_written_once_there_is_room_and_records_go_then(session):
+    hx, cfg, root = session
+    hx.save_record(record("seed-hostdev-then-hotplug", "failed", failure={"message": f"connect {URI}: {KEY}"}))
+    junit(hx)
+    hx.finish()
+    run_dir = hx.run_dir
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert [s["verdict"] for s in summary["scenarios"]] == ["failed"]
+    assert not (run_dir / "records").exists() and not (run_dir / "meta.json").exists()
+    assert not hx.staging.exists() and not hx.spill.exists()
+    assert [h["run_dir"] for h in report.read_history(root)] == [run_dir.name]
+    assert f"harness: results in {run_dir}" in cfg.tr.text and cfg.session.exitstatus == pytest.ExitCode.OK
+    for f in ("junit.xml", "summary.json", "report.html"):        # redacted like summary.json (item 9b)
+        text = (run_dir / f).read_text()
+        assert "id_ed25519" not in text and "PRIVATE KEY" not in text, f
+    assert "qemu+ssh://root@127.0.0.1:2222/system" in (run_dir / "junit.xml").read_text()
+
+
+def test_a_record_the_full_disk_refuses_is_spilled_and_still_reaches_the_summary(session, capsys):
+    hx, cfg, root = session
+    hx.save_record(record("first"))
+    fill(root)
+    late = record("late", "failed", steps=[{"index": i, "step": "attach", "aliases": {"n": "net0" * 50}}
+                                           for i in range(100)])        # bigger than a page's slack
+    hx.save_record(late)
+    assert "kept in" in capsys.readouterr().err
+    assert (hx.spill / "records" / "late.json").is_file()
+
+    hx._records.clear()        # as for an xdist worker's record: only the disk has it
+    (root / ".filler").unlink()
+    hx.finish()
+    summary = json.loads((hx.run_dir / "summary.json").read_text())
+    assert {s["scenario"]: s["verdict"] for s in summary["scenarios"]} == {"first": "passed", "late": "failed"}
+    assert not hx.spill.exists() and not (hx.run_dir / "records").exists()
+
+
+def test_the_message_names_spilled_records_when_the_disk_stays_full(session):
+    hx, cfg, root = session
+    fill(root)
+    hx.save_record(record("late", "error", steps=[{"index": i, "aliases": {"n": "x" * 200}} for i in range(40)]))
+    hx._records.clear()
+    hx.finish()
+    (msg,) = [ln for ln in cfg.tr.lines if "not all written" in ln]
+    assert f"{hx.spill / 'records'} (1 file)" in msg and "late error" in msg, msg
+    assert (hx.spill / "records" / "late.json").is_file(), "finish() keeps the spilled verdicts"
+
+
+def test_report_write_run_on_a_full_disk_raises_enospc_and_leaves_no_temp_file(tmpfs):
+    run_dir = tmpfs / "run"
+    run_dir.mkdir()
+    fill(tmpfs)
+    with pytest.raises(OSError) as e:
+        report.write_run(run_dir, dict(meta(), run_id="r1", started="2026-11-26T07:15:00+00:00"),
+                         [record(f"s{i}") for i in range(50)])
+    assert e.value.errno == errno.ENOSPC
+    assert list(run_dir.iterdir()) == []
+
+
+def test_append_history_on_a_full_disk_leaves_the_file_as_it_was(tmpfs):
+    s1 = {"meta": {"run_id": "r1"}, "counts": {}, "scenarios": [record("a")]}
+    report.append_history(tmpfs, s1, tmpfs / "r1")
+    before = (tmpfs / report.HISTORY).read_bytes()
+    fill(tmpfs)
+    big = {"meta": {"run_id": "r2"}, "counts": {}, "scenarios": [record(f"scenario-{i:04d}") for i in range(400)]}
+    with pytest.raises(OSError) as e:
+        report.append_history(tmpfs, big, tmpfs / "r2")
+    assert e.value.errno == errno.ENOSPC
+    assert (tmpfs / report.HISTORY).read_bytes() == before, "no torn line left behind"
+    (tmpfs / ".filler").unlink()
+    report.append_history(tmpfs, big, tmpfs / "r2")
+    assert [h["meta"]["run_id"] for h in report.read_history(tmpfs)] == ["r1", "r2"]
