@@ -1,8 +1,11 @@
 """Benchmark: per-scenario wall time for the whole catalog, and for the seed scenario the ratio of
 the harness's wall time to the time spent inside libvirt calls and bed commands (target <= 1.05).
+Prints and writes a per-phase profile of every scenario (prepare, networks, each step's action and
+oracle snapshot, logs, destroy, cleanup), from the phases the runner records in summary.json.
 Needs a bed that is up (or pass --bed). Writes results/bench/scenarios.json.
 
     .venv/bin/python -m bench.scenarios [--bed trixie] [--seed-runs 5] [--workers 1]
+    .venv/bin/python -m bench.scenarios --from-run results/<run> --seed-runs 0   # profile a finished run
 """
 from __future__ import annotations
 
@@ -37,10 +40,52 @@ def run_catalog(bed: str, k: str | None, workers: int) -> tuple[float, dict]:
     return wall, summary
 
 
+def category(phase: str) -> str:
+    """The profile's columns: where a recorded phase's time belongs."""
+    if phase.startswith("step ") and phase.endswith(" snapshot"):
+        return "oracle snapshots"
+    if phase.startswith("step "):
+        return "steps (libvirt actions)"
+    if phase in ("destroy",):
+        return "destroy"
+    if phase in ("undefine", "remove networks", "check device drivers"):
+        return "cleanup"
+    if phase in ("networks",):
+        return "networks"
+    if phase == "logs":
+        return "logs"
+    return "prepare"
+
+
+CATEGORIES = ["prepare", "networks", "steps (libvirt actions)", "oracle snapshots", "logs", "destroy", "cleanup"]
+
+
+def profile(record: dict) -> dict:
+    """Seconds per category for one scenario record, plus what no phase accounts for (pytest, retries)."""
+    out = dict.fromkeys(CATEGORIES, 0.0)
+    for p in record.get("phases") or []:
+        out[category(p["phase"])] += p["s"]
+    out = {k: round(v, 2) for k, v in out.items()}
+    out["unaccounted"] = round(record["duration_s"] - sum(out.values()), 2)
+    out["phases"] = record.get("phases") or []
+    return out
+
+
+def print_profile(records: list[dict]) -> None:
+    head = ["scenario", "total", *[c.split(" ")[0] for c in CATEGORIES], "other"]
+    print(" ".join(f"{h:>9}" if i else f"{h:<32}" for i, h in enumerate(head)))
+    for r in sorted(records, key=lambda r: -r["duration_s"]):
+        pr = profile(r)
+        cells = [r["duration_s"], *[pr[c] for c in CATEGORIES], pr["unaccounted"]]
+        print(f"{r['scenario'][:32]:<32} " + " ".join(f"{c:>9.2f}" for c in cells))
+
+
 def catalog_figures(s: dict, wall: float, workers: int, source: str | None) -> dict:
+    print_profile(s["scenarios"])
     return {"workers": workers, "wall_s": round(wall, 1), "counts": s["counts"], "libvirt": s["meta"].get("libvirt"),
             "source_run": source, "median_scenario_s": median([r["duration_s"] for r in s["scenarios"]]),
-            "per_scenario_s": {r["scenario"]: r["duration_s"] for r in s["scenarios"]}}
+            "per_scenario_s": {r["scenario"]: r["duration_s"] for r in s["scenarios"]},
+            "profile": {r["scenario"]: profile(r) for r in s["scenarios"]}}
 
 
 def main() -> None:
@@ -56,7 +101,8 @@ def main() -> None:
         _, s = run_catalog(a.bed, "seed-hostdev-then-hotplug", 1)
         r = s["scenarios"][0]
         seed.append({"wall_s": r["duration_s"], "libvirt_s": r["libvirt_s"],
-                     "ratio": round(r["duration_s"] / r["libvirt_s"], 4) if r["libvirt_s"] else None})
+                     "ratio": round(r["duration_s"] / r["libvirt_s"], 4) if r["libvirt_s"] else None,
+                     "profile": profile(r)})
     out = {"env": env(), "seed": {"runs": seed, "median_wall_s": median([x["wall_s"] for x in seed]),
                                   "median_libvirt_s": median([x["libvirt_s"] for x in seed]),
                                   "median_ratio": median([x["ratio"] for x in seed if x["ratio"]]),

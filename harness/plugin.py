@@ -75,6 +75,16 @@ def pytest_collection_modifyitems(session, config, items):
     check_unique_names(scenarios)
 
 
+def pytest_sessionfinish(session):
+    """Every process (xdist workers too) removes the shared networks its scenarios used."""
+    hx = getattr(session.config, "_hx", None)
+    t = getattr(hx, "_target", None)
+    if t is None or t.shared_networks is None:
+        return
+    for problem in t.shared_networks.close():
+        print(f"harness: {problem}; the next session on this bed removes it (journal {t.lock_dir / 'journal'})")
+
+
 def pytest_unconfigure(config):
     hx = getattr(config, "_hx", None)
     if hx is not None:
@@ -169,6 +179,7 @@ class ScenarioItem(pytest.Item):
             self.record["duration_s"] = round(time.monotonic() - t0, 3)
             self.record["libvirt_s"] = round(target.libvirt_seconds - lv0, 3)
             self.record["libvirt_version"] = target.libvirt_version
+            self.record["phases"] = getattr(self, "runner", None) and self.runner.phases or []
             hx.save_record(self.record)
 
     def repr_failure(self, excinfo, style=None):

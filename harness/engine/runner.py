@@ -3,6 +3,7 @@ step, snapshot, judge with the oracle, write artefacts, and always clean up.
 """
 from __future__ import annotations
 
+import contextlib
 import re
 import secrets
 import shlex
@@ -17,7 +18,7 @@ from harness import oracle, paths
 from harness.engine import xmlbuild
 from filelock import ReadWriteLock
 
-from harness.engine import devices, diagnose
+from harness.engine import devices, diagnose, shared_networks
 from harness.engine.devices import Leases
 from harness.engine.journal import Entry, Journal, on_vfio
 from harness.engine.session import Target
@@ -95,9 +96,21 @@ class Runner:
         self.dom: libvirt.virDomain | None = None
         self.networks: dict[str, libvirt.virNetwork] = {}
         self.subnets: dict[str, int] = {}
+        self.shared: set[str] = shared_networks.shareable(sc)   # network syms served by a shared network
         self.cleanup_problems: list[str] = []   # filled by _cleanup; the plugin fails the scenario on any
         self.artefact_problems: list[str] = []  # artefact files that could not be written (full results disk)
         self.current: str | None = None         # the step running now, for infrastructure-error messages
+        self.phases: list[dict] = []            # where the time went: wall and libvirt/SSH seconds per phase
+
+    @contextlib.contextmanager
+    def phase(self, name: str):
+        """Time one phase of the fixed sequence (bench.scenarios prints them per scenario)."""
+        t0, lv0 = time.monotonic(), self.t.libvirt_seconds
+        try:
+            yield
+        finally:
+            self.phases.append({"phase": name, "s": round(time.monotonic() - t0, 3),
+                                "libvirt_s": round(self.t.libvirt_seconds - lv0, 3)})
 
     # ---- the fixed sequence ----------------------------------------------------------
     def run(self) -> list[dict]:
@@ -107,21 +120,29 @@ class Runner:
         # A daemon restart drops every worker's connection: such scenarios hold the bed alone.
         rw = ReadWriteLock(str(self.t.lock_dir / "bed.rwlock"), is_singleton=False)
         exclusive = any(s.action == "restart-daemon" for s in walk_steps(self.sc.steps))
-        with (rw.write_lock() if exclusive else rw.read_lock()):
+        with self.phase("wait for the bed lock"):
+            lock = rw.write_lock() if exclusive else rw.read_lock()
+            lock.__enter__()
+        try:
             self.t.conn.ensure()
             return self._run_leased()
+        finally:
+            lock.__exit__(None, None, None)
 
     def _run_leased(self) -> list[dict]:
         journal = Journal(self.t.lock_dir)
         with Leases(self.t.lock_dir, self.t.nics) as leases:
             try:
-                self._lease(leases)
-                # Written before anything exists in the bed: a run that dies now is swept next time.
-                journal.write(Entry(domain=self.dom_name, networks=sorted(self.r.networks.values()),
-                                    pci=[str(a) for a in self.r.addrs.values()], scenario=self.sc.name))
-                self._daemon_before = diagnose.daemon_state(self.t)
-                self._prepare()
-                self._create_networks()
+                with self.phase("prepare (leases, journal, daemon state)"):
+                    self._lease(leases)
+                    # Written before anything exists in the bed: a run that dies now is swept next time.
+                    own = [n for s, n in self.r.networks.items() if s not in self.shared]
+                    journal.write(Entry(domain=self.dom_name, networks=sorted(own),
+                                        pci=[str(a) for a in self.r.addrs.values()], scenario=self.sc.name))
+                    self._daemon_before = diagnose.daemon_state(self.t)
+                    self._prepare()
+                with self.phase("networks"):
+                    self._create_networks()
                 self._run_steps()
             except (libvirt.libvirtError, HarnessError) as e:
                 if isinstance(e, InfrastructureError):
@@ -131,7 +152,8 @@ class Runner:
                 # Cleanup runs whatever writing artefacts does (a full results disk raised out of here once:
                 # the domain stayed in the bed while its VF lease was released).
                 try:
-                    self._collect_logs()
+                    with self.phase("logs"):
+                        self._collect_logs()
                 except Exception as e:
                     self._artefact_problem("logs", e)
                 finally:
@@ -175,6 +197,14 @@ class Runner:
             if nic.ifname:
                 self.r.ifnames[sym] = nic.ifname
         for sym, net in self.sc.networks.items():
+            if sym in self.shared:
+                if self.t.shared_networks is None:
+                    self.t.shared_networks = shared_networks.SharedNetworks(self.t)
+                sh = self.t.shared_networks.get(net.forward)
+                self.r.networks[sym] = sh.name
+                if sh.bridge:
+                    self.r.bridges[sym] = sh.bridge
+                continue
             self.r.networks[sym] = f"{self.dom_name}-{sym}"[:60]
             if net.forward != "hostdev":
                 self.subnets[sym] = leases.lease_index("subnet", 250)
@@ -214,7 +244,7 @@ class Runner:
 
     def _create_networks(self) -> None:
         for sym, net in self.sc.networks.items():
-            if net.create:
+            if net.create and sym not in self.shared:
                 self.network_define(sym)
                 self.network_start(sym)
 
@@ -257,7 +287,8 @@ class Runner:
         return s
 
     def _run_steps(self) -> None:
-        self.before = self.snapshot()
+        with self.phase("snapshot before the steps"):
+            self.before = self.snapshot()
         self.index = 0
         for step in self.sc.steps:
             self._run_step(step)
@@ -277,7 +308,8 @@ class Runner:
         t0 = time.monotonic()
         err: str | None = None
         try:
-            ACTIONS[step.action](sctx)
+            with self.phase(f"step {i + 1} {step.action}"):
+                ACTIONS[step.action](sctx)
         except libvirt.libvirtError as e:
             if self._connection_lost():     # libvirtd or the bed went away: not libvirt's answer
                 raise self._infrastructure(e) from None
@@ -286,7 +318,8 @@ class Runner:
             if isinstance(e, InfrastructureError) or self._connection_lost():
                 raise self._infrastructure(e) from None
             err = e.message
-        after = self.snapshot(sctx.removed)
+        with self.phase(f"step {i + 1} snapshot"):
+            after = self.snapshot(sctx.removed)
         dur = time.monotonic() - t0
         entry = {"index": i, "step": step.describe(), "line": step.mark.line if step.mark else None,
                  "verdict": "passed", "duration_s": round(dur, 3),
@@ -396,26 +429,31 @@ class Runner:
                                  libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
                                  | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA))):
                 try:
-                    c.call(fn, timeout=120)
+                    with self.phase(what):
+                        c.call(fn, timeout=120)
                 except (libvirt.libvirtError, HarnessError) as e:
                     problems.append(f"{what} {self.dom_name}: {e}")
-        for sym in self.sc.networks:
-            try:
-                n = c.call(c.conn.networkLookupByName, self.r.networks[sym])
-            except (libvirt.libvirtError, HarnessError):
-                continue
-            try:
-                if n.isActive():
-                    c.call(n.destroy)
-                if n.isPersistent():
-                    c.call(n.undefine)
-            except (libvirt.libvirtError, HarnessError) as e:
-                problems.append(f"remove network {n.name()}: {e}")
+        with self.phase("remove networks"):
+            for sym in self.sc.networks:
+                if sym in self.shared:
+                    continue
+                try:
+                    n = c.call(c.conn.networkLookupByName, self.r.networks[sym])
+                except (libvirt.libvirtError, HarnessError):
+                    continue
+                try:
+                    if n.isActive():
+                        c.call(n.destroy)
+                    if n.isPersistent():
+                        c.call(n.undefine)
+                except (libvirt.libvirtError, HarnessError) as e:
+                    problems.append(f"remove network {n.name()}: {e}")
         if self.t.bed is not None and self.r.addrs:
             vfs = [str(a) for s, a in self.r.addrs.items() if self.sc.devices[s].kind in ("vf", "e1000e")]
             if vfs:
                 try:
-                    bound = on_vfio(self.t, vfs)
+                    with self.phase("check device drivers"):
+                        bound = on_vfio(self.t, vfs)
                     if bound:
                         problems.append("devices not returned to their host driver: "
                                         + ", ".join(f"{a} vfio-pci" for a in bound))

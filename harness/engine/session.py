@@ -9,6 +9,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import libvirt
 
@@ -35,6 +36,7 @@ class Target:
     worker: str = "gw0"
     run_tag: str = field(default_factory=lambda: secrets.token_hex(2))
     ssh_seconds: float = 0.0
+    shared_networks: Any = None     # engine.shared_networks.SharedNetworks, made by the first scenario needing one
 
     @property
     def libvirt_seconds(self) -> float:

@@ -31,3 +31,24 @@ def spare_bed(request):
     finally:
         if state.load(SPARE) is not None:
             lifecycle.down(SPARE)
+
+
+_MODULE_SECONDS: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report):
+    """Sum setup + call + teardown per file (integration modules and the scenario catalog)."""
+    path = report.nodeid.split("::")[0]
+    if path.startswith("tests/integration/") or path.startswith("scenarios/"):
+        key = "scenarios/ (the catalog)" if path.startswith("scenarios/") else path
+        _MODULE_SECONDS[key] = _MODULE_SECONDS.get(key, 0.0) + report.duration
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Where CI's time went, one line per integration module, so the 45-minute budget can be kept."""
+    if not _MODULE_SECONDS:
+        return
+    terminalreporter.section("time per integration module")
+    for key, s in sorted(_MODULE_SECONDS.items(), key=lambda kv: -kv[1]):
+        terminalreporter.write_line(f"{s:8.1f} s  {key}")
+    terminalreporter.write_line(f"{sum(_MODULE_SECONDS.values()):8.1f} s  total")

@@ -130,6 +130,7 @@ def fake_target(tmp_path: Path, log: list, big_log: str):
 def seed_runner(monkeypatch, tmp_path: Path, art: Path, log: list, steps=None, big_log="x" * 200_000):
     (sc,) = load_file(SEED)
     t = fake_target(tmp_path, log, big_log)
+    monkeypatch.setenv("HX_SHARED_NETWORKS", "0")    # the scenario's own network, so cleanup must remove it
     r = Runner(sc, t, art)
 
     def lease(self, leases):

@@ -1,0 +1,107 @@
+"""NAT and isolated networks that scenarios only attach to: made once per worker, reused, removed at the end.
+
+Why: defining and starting a NAT network (dnsmasq, firewall rules) and removing it again took 9 of the
+seed scenario's 26 s in a TCG bed, and most scenarios need one only as a place to plug interfaces into.
+A scenario that drives a network itself (network-* steps, `create: false`) or a hostdev pool (whose VFs
+are leased per scenario) still gets a network of its own. HX_SHARED_NETWORKS=0 gives every scenario its
+own networks again.
+
+Each shared network has a journal entry of its own (owner: this process), so a run that dies leaves
+nothing the next session does not sweep, and a subnet lease held until the network is removed.
+"""
+from __future__ import annotations
+
+import os
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+
+import libvirt
+
+from harness import paths
+from harness.engine import xmlbuild
+from harness.engine.devices import Leases
+from harness.engine.journal import Entry, Journal, remove_network
+from harness.errors import HarnessError
+from harness.progress import say
+from harness.scenario.model import Network, Scenario
+
+NETWORK_STEPS = ("network-define", "network-start", "network-destroy", "network-undefine")
+
+
+def enabled() -> bool:
+    return os.environ.get("HX_SHARED_NETWORKS", "1") != "0"
+
+
+def _driven_by_steps(sc: Scenario) -> set[str]:
+    from harness.engine.runner import walk_steps
+    return {s.arg for s in walk_steps(sc.steps) if s.action in NETWORK_STEPS}
+
+
+def shareable(sc: Scenario) -> set[str]:
+    """The scenario's network symbols that a shared network can stand in for."""
+    if not enabled():
+        return set()
+    driven = _driven_by_steps(sc)
+    return {sym for sym, n in sc.networks.items()
+            if n.create and n.forward in ("nat", "isolated") and sym not in driven}
+
+
+@dataclass
+class _Shared:
+    name: str
+    bridge: str | None
+    net: libvirt.virNetwork
+
+
+class SharedNetworks:
+    """One network per forward mode for this worker's target; `close()` removes them all."""
+
+    def __init__(self, t):
+        self.t = t
+        self.leases = Leases(t.lock_dir, [])     # subnet slots, held for the networks' lifetime
+        self.journal = Journal(t.lock_dir)
+        self.nets: dict[str, _Shared] = {}
+
+    def get(self, forward: str) -> _Shared:
+        if forward in self.nets:
+            sh = self.nets[forward]
+            try:     # a fault test or a daemon restart may have taken it away: make it again
+                if self.t.conn.call(sh.net.isActive):
+                    return sh
+            except libvirt.libvirtError:
+                pass
+            self._remove(forward)
+        name = f"{paths.PREFIX}shared-{forward}-{self.t.worker}{self.t.run_tag}"
+        self.journal.write(Entry(domain=name, networks=[name], scenario=f"shared {forward} network"))
+        subnet = self.leases.lease_index("subnet", 250)
+        c = self.t.conn
+        xml = xmlbuild.network_xml(name, Network(sym=forward, forward=forward), xmlbuild.Resolved(), subnet)
+        net = c.call(c.conn.networkDefineXML, xml)
+        c.call(net.create)
+        br = ET.fromstring(c.call(net.XMLDesc, 0)).find("bridge")
+        sh = _Shared(name=name, bridge=br.get("name") if br is not None else None, net=net)
+        self.nets[forward] = sh
+        say(f"shared {forward} network {name} is up (reused by every scenario of this worker)")
+        return sh
+
+    def _remove(self, forward: str) -> None:
+        sh = self.nets.pop(forward)
+        try:
+            remove_network(self.t.conn, sh.net)
+        except libvirt.libvirtError as e:
+            if e.get_error_code() != libvirt.VIR_ERR_NO_NETWORK:
+                raise
+        self.journal.remove(sh.name)
+
+    def close(self) -> list[str]:
+        """Remove every shared network; returns problems (the journal entry stays for those)."""
+        problems = []
+        for forward in list(self.nets):
+            name = self.nets[forward].name
+            try:
+                self._remove(forward)
+            except (libvirt.libvirtError, HarnessError) as e:
+                problems.append(f"remove shared network {name}: {e}")
+                self.nets.pop(forward, None)
+        self.leases.__exit__(None, None, None)
+        return problems
