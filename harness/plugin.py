@@ -69,12 +69,6 @@ def pytest_collect_file(parent, file_path: Path):
     return None
 
 
-def pytest_collection_modifyitems(session, config, items):
-    from harness.scenario.loader import check_unique_names
-    scenarios = [i.scenario for i in items if isinstance(i, ScenarioItem)]
-    check_unique_names(scenarios)
-
-
 def pytest_sessionfinish(session):
     """Every process (xdist workers too) removes the shared networks its scenarios used."""
     hx = getattr(session.config, "_hx", None)
@@ -92,22 +86,50 @@ def pytest_unconfigure(config):
 
 
 class ScenarioFile(pytest.File):
+    TAG_MARKER = "scenario tag"          # the description of the markers tags register
+    NAMES = pytest.StashKey[dict]()      # scenario name -> the Scenario that has it, across the session's files
+
+    @classmethod
+    def registered_marks(cls, config) -> set[str]:
+        """Marks registered in this session (pytest's own, plugins', the ini's), not the ones tags registered."""
+        out = set()
+        for line in config.getini("markers"):
+            name, _, description = line.partition(":")
+            if description.strip() != cls.TAG_MARKER:
+                out.add(name.split("(")[0].strip())
+        return out
+
     def collect(self):
-        from harness.scenario.loader import load_file
+        """The file's scenarios; names are checked across files here (not in pytest_collection_modifyitems,
+        where a duplicate was an INTERNALERROR that stopped every file): the second file fails, located."""
+        from harness.scenario.loader import check_unique_names, load_file
         rel = os.path.relpath(self.path, self.config.rootpath)
-        for sc in load_file(rel if not rel.startswith("..") else str(self.path)):
+        scenarios = load_file(rel if not rel.startswith("..") else str(self.path),
+                              reserved_tags=self.registered_marks(self.config))   # tags: [xfail]: an error
+        names = self.config.stash.setdefault(self.NAMES, {})
+        for sc in scenarios:
+            first = names.get(sc.name)
+            if first is not None and first.file != sc.file:
+                check_unique_names([first, sc])   # raises: this file's located error, naming both places
+        for sc in scenarios:
+            names.setdefault(sc.name, sc)
             item = ScenarioItem.from_parent(self, name=sc.name, scenario=sc)
             item.add_marker(pytest.mark.scenario)
-            for t in sc.tags:
-                self.config.addinivalue_line("markers", f"{t}: scenario tag")
+            for t in sc.tags:   # never one of pytest's own marks: the loader refused those
+                self.config.addinivalue_line("markers", f"{t}: {self.TAG_MARKER}")
                 item.add_marker(getattr(pytest.mark, t))
             yield item
 
     def repr_failure(self, excinfo, style=None):
+        """Never raises: an exception here is an INTERNALERROR that stops the collection of every file."""
         from harness.scenario.loader import ScenarioError
-        if isinstance(excinfo.value, (ScenarioError, HarnessError)):
-            return str(excinfo.value)
-        return super().repr_failure(excinfo, style)
+        try:
+            if isinstance(excinfo.value, (ScenarioError, HarnessError)):
+                return str(excinfo.value)
+            return super().repr_failure(excinfo)   # Collector.repr_failure takes no style
+        except Exception as e:
+            return (f"{self.path}: {type(excinfo.value).__name__} while collecting this file "
+                    f"({type(e).__name__} while describing it)")
 
 
 class ScenarioItem(pytest.Item):

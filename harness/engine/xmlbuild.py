@@ -127,6 +127,88 @@ def only_leased_pci(root: ET.Element, r: "Resolved", where: str) -> None:
                                         "a literal address")
 
 
+_INTERFACE_SOURCE = {"network": ("network", "networks"), "bridge": ("bridge", "bridges"), "direct": ("dev", "nics")}
+_CHARDEVS = {"serial", "console", "channel", "parallel", "redirdev"}
+_SAFE_CHARDEV_TYPES = {"pty", "null", "vc", "spicevmc", "spiceport", "qemu-vdagent", "dbus"}
+_PATH_TEXT = {"kernel", "initrd", "dtb", "loader", "nvram", "emulator", "table", "partition"}
+_GUEST_SIDE = {"description", "title", "cmdline", "init", "initarg", "initdir", "target"}   # guest paths, labels
+_NAMESPACES = {"http://libvirt.org/schemas/domain/qemu/1.0": "qemu"}
+_SAFE_HOST_FILES = {"/dev/urandom", "/dev/random"}   # <rng><backend model='random'>
+
+
+def host_resources(root: ET.Element, allowed: dict[str, set[str]]) -> list[tuple[ET.Element, str, str]]:
+    """What in raw XML reaches the host beyond the PCI devices only_leased_pci admits: (element, problem,
+    hint) in document order. `allowed` holds the names the scenario may use: `networks`, `bridges`, `nics`
+    (its own networks and devices, and the host ones it declares under `host:`) and `files` (the tiny
+    guest's kernel and initrd). The loader checks this offline, at lint."""
+    out: list[tuple[ET.Element, str, str]] = []
+    free_form = {id(d) for m in root.iter("metadata") for d in m.iter()}   # libvirt never interprets it
+    parent = {id(c): p.tag for p in root.iter() for c in p}
+    for el in root.iter():
+        if id(el) in free_form:
+            continue
+        tag, typ = el.tag, el.get("type")
+        ty = "" if typ is None else f" type='{typ[:40]}'"
+        if tag.startswith("{"):
+            uri, local = tag[1:].split("}", 1)
+            shown = f"{_NAMESPACES[uri]}:{local}" if uri in _NAMESPACES else f"{local} xmlns='{uri[:60]}'"
+            out.append((el, f"<{shown}> hands options to the hypervisor "
+                            "behind libvirt's back (e.g. -device vfio-pci), past the run's device leases",
+                        "remove it: raw XML may only use libvirt's own elements (custom data goes in <metadata>)"))
+            continue
+        if tag == "domain" and el is root and typ not in (None, "auto", "kvm", "qemu"):
+            out.append((el, f"<domain{ty}> is not a QEMU domain", "use type 'kvm', 'qemu' or 'auto'"))
+        elif tag == "seclabel":
+            out.append((el, "<seclabel> changes how the host confines QEMU",
+                        "remove it: test domains run with the bed's default confinement"))
+        elif tag == "hostdev" and (el.get("mode", "subsystem") != "subsystem" or typ != "pci"):
+            out.append((el, f"<hostdev mode='{el.get('mode', 'subsystem')[:40]}'{ty}> passes a host device "
+                            "through that is not a leased PCI device (e.g. USB by vendor/product)",
+                        "only PCI devices declared under devices: may be passed through: "
+                        "<hostdev mode='subsystem' type='pci'> with {sym.address}"))
+        elif tag == "interface" and typ not in {"hostdev", "user", "ethernet", *_INTERFACE_SOURCE}:
+            out.append((el, f"<interface{ty}> uses host sockets or devices",
+                        "use type hostdev, network, bridge, direct, user or ethernet"))
+        elif tag == "interface" and typ in _INTERFACE_SOURCE:
+            attr, kind = _INTERFACE_SOURCE[typ]
+            src = el.find("source")
+            name = src.get(attr) if src is not None else None
+            if name not in allowed.get(kind, set()):
+                mine = {"networks": "declare it under networks: and write {sym.name}",
+                        "nics": "declare it under devices: and write {sym.ifname}",
+                        "bridges": "use a structured `interface: {type: bridge}` for a networks: sym"}[kind]
+                noun = {"networks": "network", "bridges": "bridge", "nics": "NIC"}[kind]
+                out.append((el if src is None else src,
+                            f"<interface{ty}> uses host {noun} '{str(name)[:60]}', which the scenario does not declare",
+                            f"{mine}, or list an existing one under `host: {{{kind}: [...]}}`"))
+        elif tag in ("script", "downscript", "backend") and parent.get(id(el)) == "interface":
+            out.append((el, f"<{tag}> in an <interface> runs a host script or opens host devices", "remove it"))
+        elif tag == "target" and el.get("managed") == "no":
+            out.append((el, "<target managed='no'> takes over an existing host tap device", "remove managed='no'"))
+        elif tag in ("disk", "filesystem") and (el.find("source") is not None or el.find("backingStore") is not None):
+            out.append((el, f"<{tag}{ty}> with a <source> uses host storage (a file, block device, "
+                            "directory or network volume)",
+                        "the alias rules need no guest storage: drop the element (an empty cdrom has no <source>)"))
+        elif (tag in _CHARDEVS or (tag == "backend" and el.get("model") == "egd")
+              or (tag == "smartcard" and el.get("mode") == "passthrough")) and typ not in _SAFE_CHARDEV_TYPES:
+            out.append((el, f"<{tag}{ty}> connects to a host file, device, pipe or socket",
+                        f"use type {', '.join(sorted(_SAFE_CHARDEV_TYPES))}, or drop the element"))
+        elif tag == "smartcard" or tag == "shmem" or (tag == "tpm" and el.find("backend[@type='passthrough']")
+                                                      is not None):
+            what = {"smartcard": "smartcard reader or certificate files", "shmem": "shared memory"}.get(tag, "TPM")
+            out.append((el, f"<{tag}> uses the host's {what}", "remove it: the alias rules need none of it"))
+        for attr, value in el.attrib.items():
+            if value.startswith("/") and tag not in _GUEST_SIDE:
+                out.append((el, f"<{tag} {attr}='{value[:60]}'> names a host path", "remove it: raw XML may not name "
+                            "host files or devices"))
+        text = (el.text or "").strip()
+        if text and (tag in _PATH_TEXT or (text.startswith("/") and tag not in _GUEST_SIDE)) \
+                and text not in allowed.get("files", set()) | _SAFE_HOST_FILES:
+            out.append((el, f"<{tag}>{text[:60]}</{tag}> names a host path",
+                        "the only host files raw XML may name are {guest.kernel} and {guest.initrd}"))
+    return out
+
+
 def _sub(parent: ET.Element, tag: str, **attrs: str) -> ET.Element:
     return ET.SubElement(parent, tag, {k: v for k, v in attrs.items() if v is not None})
 

@@ -11,9 +11,13 @@ import copy
 import difflib
 import functools
 import json
+import math
 import operator
 import os
 import re
+import warnings
+import xml.etree.ElementTree as ET
+from xml.parsers import expat
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -22,14 +26,25 @@ import jsonschema
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from harness.engine import xmlbuild
 from harness.errors import HarnessError
 from harness.scenario.model import Device, Domain, HostDevice, Mark, Network, Scenario, Step
 
 SCHEMA_PATH = Path(__file__).with_name("schema.json")
 
-#: Limits that keep hostile or broken files (alias bombs, runaway nesting) from hanging collection.
+#: Limits that keep hostile or broken files (alias and merge bombs, runaway nesting) from hanging collection.
+MAX_BYTES = 128 << 10   # the catalog's largest file has 1.2 KiB; parsing 1 MiB of YAML takes seconds
 MAX_DEPTH = 64
-MAX_NODES = 50_000
+MAX_NODES = 5_000      # values once aliases and merges are expanded; the catalog's largest file has 160
+MAX_RUN_STEPS = 2_000   # steps one run may execute, repeats expanded (schema: repeat.times <= 100)
+MAX_REGEX_DEPTH = 20    # nested groups in an expect.error regex
+
+#: pytest's own marks and well-known plugins' (plus the harness's `scenario`): as a tag they would change
+#: how pytest runs the item (tags: [xfail] turned a failing scenario green). The plugin adds every mark
+#: registered in the session.
+PYTEST_MARKS = frozenset({
+    "skip", "skipif", "xfail", "parametrize", "usefixtures", "filterwarnings", "tryfirst", "trylast",
+    "timeout", "flaky", "forked", "xdist_group", "asyncio", "anyio", "hypothesis", "scenario"})
 
 _MAP_TAG = "tag:yaml.org,2002:map"
 _SEQ_TAG = "tag:yaml.org,2002:seq"
@@ -76,20 +91,26 @@ class ScenarioError(HarnessError):
 # ---------------------------------------------------------------------------------------------
 # public API
 
-def load_file(path: str | os.PathLike) -> list[Scenario]:
+def load_file(path: str | os.PathLike, *, reserved_tags: Iterable[str] = ()) -> list[Scenario]:
     """Load every scenario in one file; marks carry the path exactly as given."""
     name = os.fspath(path)
     try:
-        raw = Path(name).read_bytes()
+        with open(name, "rb") as f:
+            raw = f.read(MAX_BYTES + 1)
     except OSError as e:
         raise ScenarioError(f"cannot read the scenario file: {e.strerror or e}",
                             "check the path and its permissions", file=name) from None
-    return load_text(raw, name)
+    return load_text(raw, name, reserved_tags=reserved_tags)
 
 
-def load_text(text: str | bytes, filename: str | os.PathLike) -> list[Scenario]:
-    """Load scenarios from text already in memory; `filename` is used in marks and for the default name."""
-    return _Loader(os.fspath(filename), text).load()
+def load_text(text: str | bytes, filename: str | os.PathLike, *,
+              reserved_tags: Iterable[str] = ()) -> list[Scenario]:
+    """Load scenarios from text already in memory; `filename` is used in marks and for the default name.
+
+    `reserved_tags` are mark names a tag may not take (the marks registered in a pytest session), on top
+    of PYTEST_MARKS.
+    """
+    return _Loader(os.fspath(filename), text, PYTEST_MARKS | set(reserved_tags)).load()
 
 
 def check_unique_names(scenarios: Iterable[Scenario]) -> None:
@@ -221,9 +242,10 @@ def _properties(frames: list[dict]) -> dict[str, Any]:
 class _Loader:
     """One file's load: holds its text (for snippets) and the YAML node behind every data path."""
 
-    def __init__(self, filename: str, text: str | bytes):
+    def __init__(self, filename: str, text: str | bytes, reserved_tags: frozenset[str] = PYTEST_MARKS):
         self.file = filename
         self.raw = text
+        self.reserved_tags = reserved_tags
         self.lines: list[str] = []
         self.nodes: dict[tuple, Node] = {}       # data path -> value node
         self.key_nodes: dict[tuple, Node] = {}   # data path -> the key node that introduced it
@@ -257,15 +279,22 @@ class _Loader:
     # -- text and YAML ---------------------------------------------------------------------
 
     def load(self) -> list[Scenario]:
+        if len(self.raw) > MAX_BYTES:
+            raise self.error(1, 1, f"the file is larger than {MAX_BYTES >> 10} KiB",
+                             "a scenario is a few KiB of YAML; split it, or check that this is a scenario file")
         text = self.decode()
         self.lines = _split_lines(text)
         root = self.compose(text)
         if root is None:
             raise self.error(1, 1, "the file is empty",
                              f"a scenario needs at least `guards:` and `steps:`; see {_DOC}")
-        data = self.build(root, (), 0, set())
-        self.validate(data)
-        return _Semantics(self, data).scenarios()
+        try:
+            data = self.build(root, (), 0, set())
+            self.validate(data)
+            return _Semantics(self, data).scenarios()
+        except RecursionError:   # a safety net: the limits above should make this unreachable
+            raise self.error(1, 1, "the file nests too deeply for the loader",
+                             "scenarios are shallow; look for runaway nesting, aliases or merges") from None
 
     def decode(self) -> str:
         if isinstance(self.raw, str):
@@ -281,10 +310,17 @@ class _Loader:
                              "save the file as UTF-8") from None
 
     def compose(self, text: str) -> Node | None:
-        """The YAML node tree; nesting is checked on the event stream first (compose recurses)."""
+        """The YAML node tree; nesting and size are checked on the event stream first (compose recurses,
+        and composing, building and validating cost time per value)."""
         try:
-            depth = 0
+            depth = values = 0
             for event in yaml.parse(text, Loader=yaml.SafeLoader):
+                if isinstance(event, yaml.NodeEvent):
+                    values += 1
+                    if values > MAX_NODES:
+                        m = event.start_mark
+                        raise self.error(m.line + 1, m.column + 1, f"the file has more than {MAX_NODES} values",
+                                         "scenarios need no more than a few hundred: split the file")
                 if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
                     depth += 1
                     if depth > MAX_DEPTH:
@@ -334,11 +370,7 @@ class _Loader:
 
     def build(self, node: Node, path: tuple, depth: int, stack: set[int]) -> Any:
         """Plain data from a node, recording the node per path; rejects what JSON cannot hold."""
-        self.count += 1
-        if self.count > MAX_NODES:   # blame the top-level key whose value explodes, not the anchor deep inside
-            raise self.node_error(self.key_nodes.get(path[:1], node),
-                                  f"the file expands to more than {MAX_NODES} values",
-                                  "YAML aliases (*name) are multiplying; scenarios need no more than a few hundred")
+        self.tick(node, path)
         if depth > MAX_DEPTH:
             raise self.node_error(node, f"nesting deeper than {MAX_DEPTH} levels (through YAML aliases)",
                                   "scenarios are shallow; look for aliases (*name) that nest each other")
@@ -355,30 +387,46 @@ class _Loader:
                 return [self.build(child, path + (i,), depth + 1, stack) for i, child in enumerate(node.value)]
             self.check_tag(node, _MAP_TAG)
             out = {}
-            for key, (key_node, value_node) in self.pairs(node, stack).items():
+            for key, (key_node, value_node) in self.pairs(node, path, stack, 0).items():
                 self.key_nodes[path + (key,)] = key_node
                 out[key] = self.build(value_node, path + (key,), depth + 1, stack)
             return out
         finally:
             stack.discard(id(node))
 
+    def tick(self, node: Node, path: tuple) -> None:
+        """Count one value built or one merged key: aliases and `<<` merges each cost what they expand to."""
+        self.count += 1
+        if self.count > MAX_NODES:   # blame the top-level key whose value explodes, not the anchor deep inside
+            raise self.node_error(self.key_nodes.get(path[:1], node),
+                                  f"the file expands to more than {MAX_NODES} values",
+                                  "YAML aliases (*name) or `<<` merges are multiplying; scenarios need no more "
+                                  "than a few hundred values")
+
     def check_tag(self, node: Node, expected: str) -> None:
         if node.tag != expected:
             raise self.node_error(node, f"unsupported YAML tag '{node.tag}'",
                                   "scenarios use plain mappings, lists and scalars; remove the tag")
 
-    def pairs(self, node: MappingNode, stack: set[int]) -> dict[str, tuple[Node, Node]]:
+    def pairs(self, node: MappingNode, path: tuple, stack: set[int], depth: int) -> dict[str, tuple[Node, Node]]:
         """A mapping's key -> (key node, value node), with `<<` merges applied and duplicates refused.
 
         PyYAML silently keeps the last of two equal keys; here that is an error, since a
-        duplicated step key or device usually means a lost edit.
+        duplicated step key or device usually means a lost edit. Every key, merged ones included,
+        counts against MAX_NODES, and merges nest at most MAX_DEPTH deep (a merge bomb doubles per level).
         """
+        if depth > MAX_DEPTH:
+            raise self.node_error(self.key_nodes.get(path[:1], node),
+                                  f"`<<` merges nested deeper than {MAX_DEPTH} levels",
+                                  "merge a mapping that is itself plain, not a chain of merges")
         merged: dict[str, tuple[Node, Node]] = {}
         own: dict[str, tuple[Node, Node]] = {}
         for key_node, value_node in node.value:
+            self.tick(key_node, path)
             if key_node.tag == _MERGE_TAG:
                 sources = value_node.value if isinstance(value_node, SequenceNode) else [value_node]
                 for src in reversed(sources):   # earlier merge sources win
+                    self.tick(src, path)
                     if not isinstance(src, MappingNode):
                         raise self.node_error(src, "a `<<` merge needs a mapping (or a list of mappings)",
                                               "merge an anchored mapping, e.g. `<<: *base`")
@@ -386,7 +434,7 @@ class _Loader:
                         raise self.node_error(src, "a YAML merge refers to the mapping that contains it",
                                               "recursive merges have no finite value")
                     stack.add(id(src))
-                    merged.update(self.pairs(src, stack))
+                    merged.update(self.pairs(src, path, stack, depth + 1))
                     stack.discard(id(src))
                 continue
             key = self.key(key_node)
@@ -413,10 +461,17 @@ class _Loader:
             raise self.node_error(node, f"unsupported YAML tag '{node.tag}' on {_short(node.value)}",
                                   "remove the tag, or quote the value if it is meant as text")
         try:
-            return self.constructor.construct_object(node)
+            value = self.constructor.construct_object(node)
         except Exception as e:   # PyYAML's scalar constructors raise ValueError, KeyError, ... on bad input
-            raise self.node_error(node, f"cannot read '{node.value}' as {node.tag.rsplit(':', 1)[-1]}: {e}",
-                                  "quote the value if it is meant as text") from None
+            raise self.node_error(node, f"cannot read {_short(node.value)} as {node.tag.rsplit(':', 1)[-1]}: "
+                                  f"{str(e)[:200]}", "quote the value if it is meant as text") from None
+        if isinstance(value, float) and not math.isfinite(value):   # .inf, .nan, 1e999: no JSON, no deadline
+            raise self.node_error(node, f"{_short(node.value)} is not a finite number",
+                                  "write a plain number such as 30, or quote the value if it is meant as text")
+        if isinstance(value, int) and value.bit_length() > 63:   # 0xfff...: even repr() of it can fail
+            raise self.node_error(node, f"{_short(node.value)} is too large a number",
+                                  "scenario numbers are small (counts, MiB, seconds); quote it if it is meant as text")
+        return value
 
     # -- schema ----------------------------------------------------------------------------
 
@@ -480,6 +535,13 @@ class _Loader:
             bound = ">=" if v == "minimum" else ">"
             return (self.mark(path), f"{subject}: {_short(inst)} is too small (must be {bound} {e.validator_value})",
                     described)
+        if v in ("maximum", "exclusiveMaximum"):
+            bound = "<=" if v == "maximum" else "<"
+            return (self.mark(path), f"{subject}: {_short(inst)} is too large (must be {bound} {e.validator_value})",
+                    described)
+        if v in ("maxLength", "maxItems"):
+            return (self.mark(path), f"{subject} is too long (at most {e.validator_value} "
+                    f"{'characters' if v == 'maxLength' else 'entries'})", described)
         if v == "uniqueItems":
             dup = next(i for i, x in enumerate(inst) if x in inst[:i])
             return (self.mark(path + (dup,)), f"{subject}: {_short(inst[dup])} is listed twice",
@@ -542,7 +604,7 @@ class _Semantics:
     def sections(self, base: tuple, sc: dict) -> dict[str, tuple]:
         """Where each part of this scenario lives: its own key, else the file's shared one."""
         out = {"base": base}
-        for key in ("devices", "networks", "domain"):
+        for key in ("devices", "networks", "host", "domain"):
             if key in sc:
                 out[key] = base + (key,)
             elif base and key in self.data:
@@ -574,6 +636,12 @@ class _Semantics:
         """One scenario's references; sets the per-scenario lookups the check_* methods use."""
         self.devices = self.get(part.get("devices"), {})
         self.networks = self.get(part.get("networks"), {})
+        self.host = self.get(part.get("host"), {})
+        for i, tag in enumerate(self.get(part["base"]).get("tags", [])):
+            if tag in self.ld.reserved_tags:
+                self.problem(part["base"] + ("tags", i), f"tag '{tag}' is a pytest mark",
+                             f"as a tag it would change how pytest runs the scenario (e.g. xfail turns a failure "
+                             f"green, skip hides it): rename the tag (e.g. 'hx_{tag}')")
         for sym, net in self.networks.items():
             self.check_network(sym, net, part["networks"] + (sym,))
         steps_path = part["base"] + ("steps",)
@@ -592,12 +660,13 @@ class _Semantics:
                     self.problem(dom_path + (key,), f"domain '{key}' has no effect next to domain.xml",
                                  "raw domain XML replaces type, machine, memory_mib, vcpus, root_ports and "
                                  "devices: put them into the XML, or drop `xml`", key=True)
-            self.check_placeholders(domain["xml"], dom_path + ("xml",))
+            self.check_raw_xml(domain["xml"], dom_path + ("xml",))
         for dev, path in at_start + attached:
             if "xml" in dev:
-                self.check_placeholders(dev["xml"], path + ("xml",))
+                self.check_raw_xml(dev["xml"], path + ("xml",))
         self.defined = {_device_id(dev) for dev, _ in at_start}   # grows as check_steps walks the attaches
         self.check_steps(self.get(steps_path), steps_path)
+        self.check_run_length(self.get(steps_path), steps_path)
 
     def check_network(self, sym: str, net: dict, path: tuple) -> None:
         if net["forward"] != "hostdev":
@@ -703,6 +772,18 @@ class _Semantics:
                 self.check_repeat(arg["steps"], spath + ("repeat", "steps"))
             self.check_expect(step.get("expect", {}), spath + ("expect",), label)
 
+    def check_run_length(self, steps: list[dict], path: tuple) -> None:
+        """Nested repeats multiply: blame the top-level repeat that takes the run past MAX_RUN_STEPS."""
+        total = 0
+        for i, step in enumerate(steps):
+            total += _expanded([step])
+            if total > MAX_RUN_STEPS:
+                where = path + (i, "repeat", "times") if "repeat" in step else path + (i,)
+                self.problem(where, f"{_label(path + (i,), self.data)}: the run would execute {total} or more "
+                             f"steps (repeats expanded), more than {MAX_RUN_STEPS}",
+                             "lower repeat.times, or nest fewer repeats")
+                return
+
     def check_repeat(self, body: list[dict], path: tuple) -> None:
         walked = list(_walk_steps(body, path))
         detached = {s["detach"] for s, _ in walked if "detach" in s}
@@ -720,10 +801,16 @@ class _Semantics:
         err = expect.get("error", "")
         if err.startswith("re:"):
             try:
-                re.compile(err[3:])
-            except re.error as e:
-                self.problem(path + ("error",), f"{label} expect.error: bad regular expression: {e}",
-                             "fix the regex after `re:`, or drop `re:` to match plain text")
+                if _group_depth(err[3:]) > MAX_REGEX_DEPTH:   # else re.compile recurses, here or at run time
+                    raise ValueError(f"groups nested more than {MAX_REGEX_DEPTH} deep")
+                with warnings.catch_warnings():   # "possible nested set" and the like are not our business
+                    warnings.simplefilter("ignore")
+                    re.compile(err[3:])
+            except (re.error, RecursionError, OverflowError, ValueError) as e:   # a{99999999999}: OverflowError
+                why = "groups nested too deep" if isinstance(e, RecursionError) else str(e)
+                self.problem(path + ("error",), f"{label} expect.error: bad regular expression: {why}",
+                             "fix the regex after `re:` (libvirt's messages need simple ones), or drop `re:` to "
+                             "match plain text")
 
     # -- placeholders in raw XML -----------------------------------------------------------
 
@@ -760,6 +847,63 @@ class _Semantics:
                     where.line, where.column, f"'{sym}' has no '{attr}' (placeholder {m.group(0)})",
                     _did_you_mean(attr, sorted(self.known[sym]))
                     + f"{sym} offers: {', '.join(sorted(self.known[sym]))}"))
+
+    def check_raw_xml(self, text: str, path: tuple) -> None:
+        """Placeholders, then (if they are fine) the XML itself, offline: it must parse, and reach nothing
+        on the host but the run's leased PCI devices, its own networks and the `host:` names it declares."""
+        before = len(self.problems)
+        self.check_placeholders(text, path)
+        if len(self.problems) > before:
+            return
+        r = xmlbuild.Resolved(   # stand-ins for what the run will lease and create
+            addrs={sym: xmlbuild.PciAddr(0xffff, 0xff, i // 8 % 32, i % 8) for i, sym in enumerate(self.devices)},
+            ifnames={sym: f"hx-lint-{sym}" for sym in self.devices},
+            networks={sym: f"hx-lint-{sym}" for sym in self.networks},
+            macs={dev_id: "52:54:00:00:00:00" for dev_id in self.ids})
+        filled = xmlbuild.fill(text, r)
+        try:
+            root, where = _parse_xml(filled)
+        except _XMLRefused as e:
+            self.problems.append(self.raw_xml_error(path, text, e.line, e.column, f"raw XML: {e.message}",
+                                                    "remove the DOCTYPE: libvirt XML needs no entities"))
+            return
+        except expat.ExpatError as e:
+            self.problems.append(self.raw_xml_error(path, text, e.lineno, e.offset + 1,
+                                                    f"raw XML does not parse: {expat.ErrorString(e.code)}",
+                                                    "paste well-formed libvirt XML (one element, quoted attributes, "
+                                                    "closed tags; declare xmlns: prefixes)"))
+            return
+        for el in root.iter():
+            if el.tag == "hostdev" or (el.tag == "interface" and el.get("type") == "hostdev"):
+                try:
+                    xmlbuild.only_leased_pci(el, r, "raw XML")
+                except HarnessError as e:
+                    at = next((a for a in el.iter("address") if id(a) in where), el)
+                    self.problems.append(self.raw_xml_error(
+                        path, text, *where[id(at)], f"raw XML: <{el.tag}> passes through a host PCI device by a "
+                        "literal address (or one that is not an address), not a device leased for the run",
+                        e.hint or ""))
+                    return
+        allowed = {"networks": set(r.networks.values()) | set(self.host.get("networks", [])),
+                   "bridges": set(self.host.get("bridges", [])),
+                   "nics": set(r.ifnames.values()) | set(self.host.get("nics", [])),
+                   "files": {xmlbuild.GUEST_KERNEL, xmlbuild.GUEST_INITRD}}
+        found = xmlbuild.host_resources(root, allowed)
+        if (path[-2] == "domain") != (root.tag == "domain"):
+            found.insert(0, (root, f"<{root.tag}> is not a {'domain' if path[-2] == 'domain' else 'device'}",
+                             "domain.xml is one <domain> element; a device's xml is one device element"))
+        if found:
+            el, message, hint = found[0]
+            line, column = where[id(el)]
+            self.problems.append(self.raw_xml_error(path, text, line, column, f"raw XML: {message}", hint))
+
+    def raw_xml_error(self, path: tuple, text: str, line: int, column: int, message: str, hint: str) -> ScenarioError:
+        """An error at (line, column) of raw XML: placeholders keep lines, so the line is exact."""
+        lines = text.rstrip("\n").split("\n")   # an error "at the end" is on the last line written
+        line = min(max(line, 1), len(lines))
+        offset = sum(len(ln) + 1 for ln in lines[:line - 1]) + min(column - 1, len(lines[line - 1]))
+        m = self.text_mark(path, text, offset)
+        return self.ld.error(m.line, m.column, message, hint)
 
     def text_mark(self, path: tuple, text: str, offset: int) -> Mark:
         """The line and column of text[offset] inside a YAML string, where the style allows knowing it."""
@@ -862,7 +1006,7 @@ def _type_name(value: Any) -> str:
 
 
 def _short(value: Any) -> str:
-    text = repr(value) if not isinstance(value, str) else f"'{value}'"
+    text = repr(value) if not isinstance(value, str) else f"'{value[:60]}'"
     return text if len(text) <= 60 else text[:57] + "..."
 
 
@@ -898,6 +1042,70 @@ def _label(path: tuple, data: Any) -> str:
 
 def _device_id(dev: dict) -> str:
     return dev["id"] if "xml" in dev else (dev.get("interface") or dev["hostdev"])["id"]
+
+
+def _expanded(steps: list[dict]) -> int:
+    """How many steps a run executes, repeats expanded (capped, so nesting cannot blow up the count)."""
+    total = 0
+    for step in steps:
+        total += 1 + (step["repeat"]["times"] * _expanded(step["repeat"]["steps"]) if "repeat" in step else 0)
+        if total > MAX_RUN_STEPS:
+            return total
+    return total
+
+
+def _group_depth(pattern: str) -> int:
+    """How deep a regex's groups nest (escapes and [classes] skipped; a rough count is enough)."""
+    depth = deepest = 0
+    escaped = in_class = False
+    for ch in pattern:
+        if escaped:
+            escaped = False
+        elif ch == "\\":
+            escaped = True
+        elif in_class:
+            in_class = ch != "]"
+        elif ch == "[":
+            in_class = True
+        elif ch in "()":
+            depth = depth + 1 if ch == "(" else max(depth - 1, 0)
+            deepest = max(deepest, depth)
+    return deepest
+
+
+class _XMLRefused(Exception):
+    def __init__(self, message: str, line: int, column: int):
+        super().__init__(message)
+        self.message, self.line, self.column = message, line, column
+
+
+def _parse_xml(text: str) -> tuple[ET.Element, dict[int, tuple[int, int]]]:
+    """ElementTree's tree (names as "{uri}local", like ET.fromstring) plus each element's line and column.
+
+    Raises expat.ExpatError where the text is not well-formed, _XMLRefused for a DOCTYPE (entities).
+    """
+    tb = ET.TreeBuilder()
+    where: dict[int, tuple[int, int]] = {}
+    p = expat.ParserCreate(namespace_separator=" ")
+
+    def name(n: str) -> str:
+        return "{%s}%s" % tuple(n.split(" ", 1)) if " " in n else n
+
+    def start(tag: str, attrs: dict[str, str]) -> None:
+        el = tb.start(name(tag), {name(k): v for k, v in attrs.items()})
+        where[id(el)] = (p.CurrentLineNumber, p.CurrentColumnNumber + 1)
+
+    def doctype(*_: Any) -> None:
+        raise _XMLRefused("a <!DOCTYPE> (with entity definitions) is not allowed", p.CurrentLineNumber,
+                          p.CurrentColumnNumber + 1)
+
+    p.StartElementHandler = start
+    p.EndElementHandler = lambda tag: tb.end(name(tag))
+    p.CharacterDataHandler = tb.data
+    p.StartDoctypeDeclHandler = doctype
+    p.buffer_text = True
+    p.Parse(text, True)
+    return tb.close(), where
 
 
 def _walk_steps(steps: list[dict], path: tuple) -> Iterable[tuple[dict, tuple]]:

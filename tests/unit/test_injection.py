@@ -164,6 +164,14 @@ networks:
 steps:
   - network-start: @@
 """,
+    "declared host bridge": """\
+guards: x
+host:
+  bridges:
+    - @@
+steps:
+  - start:
+""",
 }
 
 
@@ -178,8 +186,8 @@ def test_the_templates_load_with_a_plain_value(field):
     text, _ = _with(FIELDS[field], {"mac": "52:54:00:12:34:56", "interface alias": "ua-x",
                                     "hostdev alias": "ua-x", "interface device (sym)": "vf1",
                                     "interface network (sym)": "lan", "network step argument": "lan",
-                                    "scenario name": "plain", "bridge": "virbr0", "direct dev": "enp2s0"
-                                    }.get(field, "ok1"))
+                                    "scenario name": "plain", "bridge": "virbr0", "direct dev": "enp2s0",
+                                    "declared host bridge": "virbr0"}.get(field, "ok1"))
     if field == "detach id":
         text = text.replace("  - start:\n", "  - start:\n  - attach: {interface: {id: ok1, type: user}}\n")
     assert load_text(text, FILE)
