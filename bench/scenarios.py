@@ -40,8 +40,10 @@ def run_catalog(bed: str, k: str | None, workers: int) -> tuple[float, dict]:
     return wall, summary
 
 
-def category(phase: str) -> str:
+def category(phase: str, overlapped: bool = False) -> str:
     """The profile's columns: where a recorded phase's time belongs."""
+    if overlapped:
+        return "teardown (overlapped)"
     if phase.startswith("step ") and phase.endswith(" snapshot"):
         return "oracle snapshots"
     if phase.startswith("step "):
@@ -58,25 +60,26 @@ def category(phase: str) -> str:
 
 
 CATEGORIES = ["prepare", "networks", "steps (libvirt actions)", "oracle snapshots", "logs", "destroy", "cleanup"]
+OVERLAPPED = "teardown (overlapped)"   # handed to a teardown thread: runs while the next scenario does
 
 
 def profile(record: dict) -> dict:
     """Seconds per category for one scenario record, plus what no phase accounts for (pytest, retries)."""
-    out = dict.fromkeys(CATEGORIES, 0.0)
+    out = dict.fromkeys([*CATEGORIES, OVERLAPPED], 0.0)
     for p in record.get("phases") or []:
-        out[category(p["phase"])] += p["s"]
+        out[category(p["phase"], p.get("overlapped", False))] += p["s"]
     out = {k: round(v, 2) for k, v in out.items()}
-    out["unaccounted"] = round(record["duration_s"] - sum(out.values()), 2)
+    out["unaccounted"] = round(record["duration_s"] - sum(v for k, v in out.items() if k != OVERLAPPED), 2)
     out["phases"] = record.get("phases") or []
     return out
 
 
 def print_profile(records: list[dict]) -> None:
-    head = ["scenario", "total", *[c.split(" ")[0] for c in CATEGORIES], "other"]
+    head = ["scenario", "total", *[c.split(" ")[0] for c in CATEGORIES], "other", "overlap"]
     print(" ".join(f"{h:>9}" if i else f"{h:<32}" for i, h in enumerate(head)))
     for r in sorted(records, key=lambda r: -r["duration_s"]):
         pr = profile(r)
-        cells = [r["duration_s"], *[pr[c] for c in CATEGORIES], pr["unaccounted"]]
+        cells = [r["duration_s"], *[pr[c] for c in CATEGORIES], pr["unaccounted"], pr[OVERLAPPED]]
         print(f"{r['scenario'][:32]:<32} " + " ".join(f"{c:>9.2f}" for c in cells))
 
 

@@ -69,6 +69,19 @@ def pytest_collect_file(parent, file_path: Path):
     return None
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtestloop(session):
+    """After the last item: wait for the teardowns still overlapping (engine/teardown.py), so that one
+    which left something behind still fails this run."""
+    try:
+        return (yield)
+    finally:
+        hx = getattr(session.config, "_hx", None)
+        t = getattr(hx, "_target", None)
+        if t is not None and t.reaper is not None:
+            t.reaper.close()
+
+
 def pytest_sessionfinish(session):
     """Every process (xdist workers too) removes the shared networks its scenarios used."""
     hx = getattr(session.config, "_hx", None)
@@ -152,6 +165,8 @@ class ScenarioItem(pytest.Item):
                        "line": sc.mark.line if sc.mark else 1, "tags": sc.tags, "guards": sc.guards,
                        "verdict": "error", "duration_s": 0.0, "attempts": 0, "skip_reason": None,
                        "failure": None, "steps": [], "artefacts": str(art_rel)}
+        if target.reaper is not None:
+            target.reaper.collect()       # report the teardowns of earlier scenarios that have finished
         t0 = time.monotonic()
         lv0 = target.libvirt_seconds
         retries = self.config.getoption("hx_retries")
@@ -161,6 +176,7 @@ class ScenarioItem(pytest.Item):
                 art = hx.run_dir / art_rel
                 shutil.rmtree(art, ignore_errors=True)
                 runner = Runner(sc, target, art)
+                runner.on_teardown = self._teardown_done
                 self.runner = runner
                 try:
                     self.record["steps"] = runner.run()
@@ -203,6 +219,28 @@ class ScenarioItem(pytest.Item):
             self.record["libvirt_version"] = target.libvirt_version
             self.record["phases"] = getattr(self, "runner", None) and self.runner.phases or []
             hx.save_record(self.record)
+
+    def _teardown_done(self, job) -> None:
+        """A teardown handed off after this scenario passed has finished: record it; a teardown that left
+        something behind makes the scenario an error and fails the run."""
+        runner = self.runner
+        self.record["teardown_s"] = round(job.seconds, 3)
+        self.record["phases"] = runner.phases
+        problems = list(runner.cleanup_problems) + ([job.error] if job.error else [])
+        if problems:
+            self.record["verdict"] = "error"
+            self.record["failure"] = {
+                "message": f"{self.scenario.file}: the steps passed, but the teardown after them left something "
+                           "behind:\n  " + "\n  ".join(problems),
+                "check": "cleanup", "artefacts": self.record["artefacts"]}
+            self.session.testsfailed += 1
+            tr = self.config.pluginmanager.get_plugin("terminalreporter")
+            msg = f"harness: scenario {self.scenario.name}: {self.record['failure']['message']}"
+            if tr is not None:
+                tr.write_line(msg, red=True)
+            else:
+                print(msg)
+        self.config._hx.save_record(self.record)
 
     def repr_failure(self, excinfo, style=None):
         from harness.engine.runner import StepFailure

@@ -7,10 +7,12 @@ import contextlib
 import re
 import secrets
 import shlex
+import threading
 import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import libvirt
 
@@ -18,7 +20,7 @@ from harness import oracle, paths
 from harness.engine import xmlbuild
 from filelock import ReadWriteLock
 
-from harness.engine import devices, diagnose, shared_networks
+from harness.engine import devices, diagnose, shared_networks, teardown
 from harness.engine.devices import Leases
 from harness.engine.journal import Entry, Journal, on_vfio
 from harness.engine.session import Target
@@ -101,16 +103,22 @@ class Runner:
         self.artefact_problems: list[str] = []  # artefact files that could not be written (full results disk)
         self.current: str | None = None         # the step running now, for infrastructure-error messages
         self.phases: list[dict] = []            # where the time went: wall and libvirt/SSH seconds per phase
+        self.exclusive = any(s.action == "restart-daemon" for s in walk_steps(sc.steps))
+        # Set by the plugin: called (in the main thread) when a handed-off teardown has finished.
+        self.on_teardown: "Callable[[teardown.Job], None] | None" = None
+        self.teardown_job: teardown.Job | None = None
 
     @contextlib.contextmanager
-    def phase(self, name: str):
+    def phase(self, name: str, t: Target | None = None):
         """Time one phase of the fixed sequence (bench.scenarios prints them per scenario)."""
-        t0, lv0 = time.monotonic(), self.t.libvirt_seconds
+        overlapped = t is not None and t is not self.t     # a handed-off teardown, after the scenario's time
+        t = t or self.t
+        t0, lv0 = time.monotonic(), t.libvirt_seconds
         try:
             yield
         finally:
             self.phases.append({"phase": name, "s": round(time.monotonic() - t0, 3),
-                                "libvirt_s": round(self.t.libvirt_seconds - lv0, 3)})
+                                "libvirt_s": round(t.libvirt_seconds - lv0, 3), "overlapped": overlapped})
 
     # ---- the fixed sequence ----------------------------------------------------------
     def run(self) -> list[dict]:
@@ -119,9 +127,10 @@ class Runner:
             raise ScenarioSkip(why)
         # A daemon restart drops every worker's connection: such scenarios hold the bed alone.
         rw = ReadWriteLock(str(self.t.lock_dir / "bed.rwlock"), is_singleton=False)
-        exclusive = any(s.action == "restart-daemon" for s in walk_steps(self.sc.steps))
         with self.phase("wait for the bed lock"):
-            lock = rw.write_lock() if exclusive else rw.read_lock()
+            if self.exclusive and self.t.reaper is not None:
+                self.t.reaper.drain()      # this worker's own teardowns hold read locks: let them finish
+            lock = rw.write_lock() if self.exclusive else rw.read_lock()
             lock.__enter__()
         try:
             self.t.conn.ensure()
@@ -131,7 +140,10 @@ class Runner:
 
     def _run_leased(self) -> list[dict]:
         journal = Journal(self.t.lock_dir)
-        with Leases(self.t.lock_dir, self.t.nics) as leases:
+        leases = Leases(self.t.lock_dir, self.t.nics).__enter__()
+        handed_off = False
+        passed = False
+        try:
             try:
                 with self.phase("prepare (leases, journal, daemon state)"):
                     self._lease(leases)
@@ -144,6 +156,7 @@ class Runner:
                 with self.phase("networks"):
                     self._create_networks()
                 self._run_steps()
+                passed = True
             except (libvirt.libvirtError, HarnessError) as e:
                 if isinstance(e, InfrastructureError):
                     raise
@@ -157,9 +170,16 @@ class Runner:
                 except Exception as e:
                     self._artefact_problem("logs", e)
                 finally:
-                    self._cleanup(leases)
-                    if not self.cleanup_problems:
-                        journal.remove(self.dom_name)
+                    if passed and not self.artefact_problems and self._may_overlap():
+                        self._hand_off(leases, journal)
+                        handed_off = True
+                    else:
+                        self._cleanup(leases)
+                        if not self.cleanup_problems:
+                            journal.remove(self.dom_name)
+        finally:
+            if not handed_off:
+                leases.__exit__(None, None, None)
         if self.artefact_problems:     # the steps passed and the bed is clean, but the evidence is incomplete
             more = len(self.artefact_problems) - 1
             raise InfrastructureError(
@@ -168,6 +188,33 @@ class Runner:
                 + f"; the steps passed and the bed was cleaned up, the artefacts in {self.art} are incomplete",
                 hint="free space in the results directory (or use --results-dir elsewhere) and run again")
         return self.steps_log
+
+    # ---- teardown overlapped with the next scenario (engine/teardown.py says why) -------
+    def _may_overlap(self) -> bool:
+        return self.on_teardown is not None and teardown.enabled() and not self.exclusive
+
+    def _hand_off(self, leases: Leases, journal: Journal) -> None:
+        holds_lock = threading.Event()
+
+        def job(view: Target) -> None:
+            rw = ReadWriteLock(str(self.t.lock_dir / "bed.rwlock"), is_singleton=False)
+            try:
+                with rw.read_lock():
+                    holds_lock.set()
+                    self._cleanup(leases, view)
+                    if not self.cleanup_problems:
+                        journal.remove(self.dom_name)
+            finally:
+                holds_lock.set()
+                leases.__exit__(None, None, None)
+
+        if self.t.reaper is None:
+            self.t.reaper = teardown.Reaper(self.t)
+        self.teardown_job = self.t.reaper.submit(self.sc.name, job, self.on_teardown)
+        # Ours goes when we return: the teardown's own read lock must be held first (else a daemon
+        # restart elsewhere could slip in between and find this domain still there).
+        while not holds_lock.wait(teardown.WAIT_SLICE):
+            pass
 
     def _infrastructure(self, e: Exception) -> InfrastructureError:
         """Wrap what libvirt or SSH said with the fault the bed shows (killed daemon, dead bed, hang)."""
@@ -407,9 +454,11 @@ class Runner:
         except Exception as e:   # logs are best effort; cleanup must still run
             self._write_artefact("logs-error.txt", str(e))
 
-    def _cleanup(self, leases: Leases) -> None:
-        """Remove the domain and networks and check every leased VF is back on its host driver."""
-        c = self.t.conn
+    def _cleanup(self, leases: Leases, t: Target | None = None) -> None:
+        """Remove the domain and networks and check every leased VF is back on its host driver.
+        `t`: the target view of a teardown thread (its own connection); default the run's target."""
+        t = t or self.t
+        c = t.conn
         problems = []
         try:
             c.ensure(reconnect_timeout=90)     # a libvirtd restart in a TCG bed can take 30 s and more
@@ -429,11 +478,11 @@ class Runner:
                                  libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
                                  | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA))):
                 try:
-                    with self.phase(what):
+                    with self.phase(what, t):
                         c.call(fn, timeout=120)
                 except (libvirt.libvirtError, HarnessError) as e:
                     problems.append(f"{what} {self.dom_name}: {e}")
-        with self.phase("remove networks"):
+        with self.phase("remove networks", t):
             for sym in self.sc.networks:
                 if sym in self.shared:
                     continue
@@ -448,12 +497,12 @@ class Runner:
                         c.call(n.undefine)
                 except (libvirt.libvirtError, HarnessError) as e:
                     problems.append(f"remove network {n.name()}: {e}")
-        if self.t.bed is not None and self.r.addrs:
+        if t.bed is not None and self.r.addrs:
             vfs = [str(a) for s, a in self.r.addrs.items() if self.sc.devices[s].kind in ("vf", "e1000e")]
             if vfs:
                 try:
-                    with self.phase("check device drivers"):
-                        bound = on_vfio(self.t, vfs)
+                    with self.phase("check device drivers", t):
+                        bound = on_vfio(t, vfs)
                     if bound:
                         problems.append("devices not returned to their host driver: "
                                         + ", ".join(f"{a} vfio-pci" for a in bound))

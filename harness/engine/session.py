@@ -37,6 +37,7 @@ class Target:
     run_tag: str = field(default_factory=lambda: secrets.token_hex(2))
     ssh_seconds: float = 0.0
     shared_networks: Any = None     # engine.shared_networks.SharedNetworks, made by the first scenario needing one
+    reaper: Any = None              # engine.teardown.Reaper, made by the first teardown handed off
 
     @property
     def libvirt_seconds(self) -> float:
