@@ -50,7 +50,6 @@ def shareable(sc: Scenario) -> set[str]:
 class _Shared:
     name: str
     bridge: str | None
-    net: libvirt.virNetwork
 
 
 class SharedNetworks:
@@ -61,33 +60,41 @@ class SharedNetworks:
         self.leases = Leases(t.lock_dir, [])     # subnet slots, held for the networks' lifetime
         self.journal = Journal(t.lock_dir)
         self.nets: dict[str, _Shared] = {}
+        self.subnets: dict[str, int] = {}
 
     def get(self, forward: str) -> _Shared:
-        if forward in self.nets:
-            sh = self.nets[forward]
-            try:     # a fault test or a daemon restart may have taken it away: make it again
-                if self.t.conn.call(sh.net.isActive):
-                    return sh
-            except libvirt.libvirtError:
-                pass
-            self._remove(forward)
-        name = f"{paths.PREFIX}shared-{forward}-{self.t.worker}{self.t.run_tag}"
-        self.journal.write(Entry(domain=name, networks=[name], scenario=f"shared {forward} network"))
-        subnet = self.leases.lease_index("subnet", 250)
+        """The worker's network for `forward`, made on first use. Looked up by name on the current
+        connection every time: a daemon restart (restart-daemon scenarios) reconnects, and the old
+        connection's network objects are dead then."""
         c = self.t.conn
-        xml = xmlbuild.network_xml(name, Network(sym=forward, forward=forward), xmlbuild.Resolved(), subnet)
-        net = c.call(c.conn.networkDefineXML, xml)
-        c.call(net.create)
+        if forward in self.nets:
+            name = self.nets[forward].name
+        else:
+            name = f"{paths.PREFIX}shared-{forward}-{self.t.worker}{self.t.run_tag}"
+            self.journal.write(Entry(domain=name, networks=[name], scenario=f"shared {forward} network"))
+            self.subnets[forward] = self.leases.lease_index("subnet", 250)
+        try:
+            net = c.call(c.conn.networkLookupByName, name)
+        except libvirt.libvirtError as e:
+            if e.get_error_code() != libvirt.VIR_ERR_NO_NETWORK:
+                raise
+            xml = xmlbuild.network_xml(name, Network(sym=forward, forward=forward), xmlbuild.Resolved(),
+                                       self.subnets[forward])
+            net = c.call(c.conn.networkDefineXML, xml)
+        if not c.call(net.isActive):
+            c.call(net.create)
         br = ET.fromstring(c.call(net.XMLDesc, 0)).find("bridge")
-        sh = _Shared(name=name, bridge=br.get("name") if br is not None else None, net=net)
+        if forward not in self.nets:
+            say(f"shared {forward} network {name} is up (reused by every scenario of this worker)")
+        sh = _Shared(name=name, bridge=br.get("name") if br is not None else None)
         self.nets[forward] = sh
-        say(f"shared {forward} network {name} is up (reused by every scenario of this worker)")
         return sh
 
     def _remove(self, forward: str) -> None:
         sh = self.nets.pop(forward)
+        c = self.t.conn
         try:
-            remove_network(self.t.conn, sh.net)
+            remove_network(c, c.call(c.conn.networkLookupByName, sh.name))
         except libvirt.libvirtError as e:
             if e.get_error_code() != libvirt.VIR_ERR_NO_NETWORK:
                 raise
@@ -96,12 +103,18 @@ class SharedNetworks:
     def close(self) -> list[str]:
         """Remove every shared network; returns problems (the journal entry stays for those)."""
         problems = []
-        for forward in list(self.nets):
-            name = self.nets[forward].name
-            try:
-                self._remove(forward)
-            except (libvirt.libvirtError, HarnessError) as e:
-                problems.append(f"remove shared network {name}: {e}")
-                self.nets.pop(forward, None)
-        self.leases.__exit__(None, None, None)
+        try:
+            if self.nets:
+                self.t.conn.ensure()
+            for forward in list(self.nets):
+                name = self.nets[forward].name
+                try:
+                    self._remove(forward)
+                except (libvirt.libvirtError, HarnessError) as e:
+                    problems.append(f"remove shared network {name}: {e}")
+                    self.nets.pop(forward, None)
+        except HarnessError as e:
+            problems.append(f"remove shared networks {', '.join(n.name for n in self.nets.values())}: {e.message}")
+        finally:
+            self.leases.__exit__(None, None, None)
         return problems
