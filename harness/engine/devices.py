@@ -93,7 +93,9 @@ class Leases:
         self.held: dict[str, HostNic] = {}
 
     def _try(self, pci: str) -> FileLock | None:
-        lk = FileLock(str(self.dir / f"{pci}.lock"))
+        # thread_local=False: a passed scenario's leases are released by its teardown thread
+        # (engine/teardown.py); a thread-local lock released there would stay held.
+        lk = FileLock(str(self.dir / f"{pci}.lock"), thread_local=False)
         try:
             lk.acquire(timeout=0)
             return lk

@@ -84,6 +84,28 @@ def test_two_holders_never_share(tmp_path):
             b.lease("w", "vf")
 
 
+def test_leases_released_by_another_thread_are_free_again(tmp_path):
+    """A passed scenario's teardown thread releases its leases (engine/teardown.py): until then nobody,
+    this process included, gets those devices; afterwards another holder does."""
+    import threading
+    alive = []     # the lock objects stay referenced (so no garbage collection releases them by accident)
+    real_try = Leases._try
+    Leases._try = lambda self, pci: (lambda lk: (alive.append(lk), lk)[1])(real_try(self, pci))
+    try:
+        held = leases(tmp_path).__enter__()
+        mine = {held.lease(f"v{i}", "vf").pci for i in range(3)}
+    finally:
+        Leases._try = real_try
+    with leases(tmp_path) as other:
+        with pytest.raises(HarnessError):
+            other.lease("w", "vf")
+    t = threading.Thread(target=held.__exit__, args=(None, None, None))
+    t.start()
+    t.join()
+    with leases(tmp_path) as other:
+        assert {other.lease(f"w{i}", "vf").pci for i in range(3)} == mine
+
+
 def test_kind_missing_from_the_bed_fails_at_once(tmp_path):
     nics = [n for n in NICS if n.kind != "pf"]
     t0 = time.monotonic()
