@@ -204,6 +204,11 @@ class Runner:
                     self._cleanup(leases, view)
                     if not self.cleanup_problems:
                         journal.remove(self.dom_name)
+                    if view.bed is not None and self.r.addrs:
+                        # The VFs just went back to igbvf: let udev rename them before the next holder
+                        # (libvirt 9.0 reads the kernel's first name otherwise; see vf-returned-to-pool).
+                        with self.phase("udev settle", view):
+                            view.ssh("udevadm settle -t 10", timeout=30)
             finally:
                 holds_lock.set()
                 leases.__exit__(None, None, None)
