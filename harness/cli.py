@@ -198,6 +198,27 @@ def cmd_matrix(args) -> int:
     return rc
 
 
+def cmd_diff(args) -> int:
+    """Every outward difference between two runs; 0 nothing new, 1 new differences, 2 bad input."""
+    from harness.report import diff, html as html_report
+    from harness.report.run import load_summary, write_atomic
+    acks = Path(args.acks) if args.acks else diff.default_acks()
+    result = diff.diff_runs(args.run_a, args.run_b, acks)
+    print(diff.render_text(result, show_acknowledged=args.all), end="")
+    out = Path(args.json) if args.json else Path(args.run_b) / diff.json_name(args.run_a)
+    try:
+        write_atomic(out, json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+        print(f"diff: {out}")
+        if args.html:
+            b = Path(args.run_b)
+            write_atomic(b / "report.html", html_report.render(load_summary(b), b, diff=result))
+            print(f"report: {b / 'report.html'} (with a section 'Differences from {Path(args.run_a).name}')")
+    except OSError as e:
+        raise HarnessError(f"could not write {e.filename or out}: {e.strerror or e}",
+                           hint="pass --json FILE somewhere writable") from None
+    return diff.exit_code(result)
+
+
 def cmd_libvirt_build(args) -> int:
     from harness.libvirt_build import cli_build
     return cli_build(args)
@@ -311,6 +332,30 @@ def _new_dir(value: str) -> str:
     return value
 
 
+def _diff_run(value: str) -> str:
+    """A finished run folder; the error quotes the value whole (shell-quoted) and says what to pass instead."""
+    from harness.report.diff import nearby
+    shown = shlex.quote(value)
+    if not _is(value, "is_dir"):
+        try:
+            hint = nearby(Path(value))
+        except (OSError, ValueError):
+            hint = "give a folder under results/"
+        raise argparse.ArgumentTypeError(f"no run folder {shown}: {hint}")
+    if not _is(str(Path(value) / "summary.json"), "is_file"):
+        busy = _is(str(Path(value) / "records"), "is_dir") or _is(str(Path(value) / "meta.json"), "is_file")
+        raise argparse.ArgumentTypeError(
+            f"{shown} has no summary.json: " + ("the run is still being written or was interrupted; wait for it "
+                                                "to finish" if busy else "not a run folder; give one under results/"))
+    return value
+
+
+def _json_out(value: str) -> str:
+    if not value or "\0" in value or _is(value, "is_dir"):
+        raise argparse.ArgumentTypeError(f"{shlex.quote(value)} is not a file to write the diff into")
+    return value
+
+
 def parser() -> argparse.ArgumentParser:
     p = _Parser(prog="harness", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -366,6 +411,15 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--suites", default="bookworm,trixie", type=_suites)
     m.add_argument("-k")
     m.set_defaults(fn=cmd_matrix)
+    df = sub.add_parser("diff", help="every outward difference between two runs (aliases, errors, QEMU ids, XML)")
+    df.add_argument("run_a", metavar="RUN_A", type=_diff_run, help="the run to compare with (e.g. the older libvirt)")
+    df.add_argument("run_b", metavar="RUN_B", type=_diff_run, help="the run under review")
+    df.add_argument("--acks", type=_existing_file,
+                    help="acknowledged differences (default: known-differences.yaml at the top of the repository)")
+    df.add_argument("--json", type=_json_out, help="write the JSON here (default: RUN_B/diff-<RUN_A>.json)")
+    df.add_argument("--html", action="store_true", help="rewrite RUN_B/report.html with a 'Differences from RUN_A' section")
+    df.add_argument("--all", action="store_true", help="also print the acknowledged differences")
+    df.set_defaults(fn=cmd_diff)
     lv = sub.add_parser("libvirt", help="libvirt built from source for the bed").add_subparsers(dest="lvcmd", required=True)
     lb = lv.add_parser("build", help="build libvirt (Debian source or a git tree) in a chroot of the suite")
     lb.add_argument("--suite", default="trixie", type=_suite)

@@ -56,6 +56,9 @@ tr.step-failed{background:#fff5f5}
 ul.files{display:flex;flex-wrap:wrap;gap:2px 24px;margin:4px 0 0;padding-left:18px}
 .card h2:first-child{margin-top:0}
 .cmp .lists{display:flex;flex-wrap:wrap;gap:4px 48px}.cmp ul{margin:2px 0 8px;padding-left:20px}
+.diff td.v{font-family:ui-monospace,"DejaVu Sans Mono",monospace;font-size:12.5px;overflow-wrap:anywhere}
+.diff td.a{background:#ffebe9}.diff td.b{background:#dafbe1}.diff tr.acked td{color:#656d76;background:none}
+.diff details{margin:10px 0 0}.diff summary{cursor:pointer;color:#424a53}
 """
 
 #: Comparison lists as shown to people, most urgent first (text and HTML share it).
@@ -285,13 +288,62 @@ def _failure_block(rec: dict, run_dir: Path) -> str:
             + "\n".join(parts) + "</section>")
 
 
-def render(summary: dict, run_dir: Path) -> str:
-    """The whole report for one run; artefact links are relative to run_dir, where the page lives."""
+def _diff_value(v) -> str:
+    return '<span class="muted">(absent)</span>' if v is None else e(v)
+
+
+def _diff_rows(diffs: list[dict], present: set[str]) -> str:
+    rows = []
+    for d in diffs:
+        name = d["scenario"]
+        link = f'<a href="#row-{e(slug(name))}">{e(name)}</a>' if name in present else e(name)
+        step = f"{d['step']} {d.get('step_text') or ''}" if d.get("step") is not None else ""
+        ack = d.get("ack")
+        why = f'<div class="small muted">acknowledged: {e(ack["reason"])} ({e(ack["file"])}:{e(ack["line"])})</div>' \
+            if ack else ""
+        why += "".join(f'<div class="small muted">{e(n)}</div>' for n in d.get("notes") or [])
+        rows.append(f'<tr class="{"acked" if ack else "new"}" data-scenario="{e(name)}" data-kind="{e(d["kind"])}">'
+                    f"<td>{link}</td><td class=\"mono\">{e(step)}</td><td>{e(d['kind'])}</td>"
+                    f"<td class=\"v\">{e(d.get('subject'))}{why}</td><td class=\"v a\">{_diff_value(d['a'])}</td>"
+                    f"<td class=\"v b\">{_diff_value(d['b'])}</td></tr>")
+    head = "<tr><th>Scenario</th><th>Step</th><th>Kind</th><th>What</th><th>A</th><th>B</th></tr>"
+    return f'<table class="list">{head}{"".join(rows)}</table>'
+
+
+def differences(diff: dict, present: set[str]) -> str:
+    """The optional "Differences from RUN_A" section (harness diff --html; data from report/diff.py)."""
+    a, c = diff["a"], diff["counts"]
+    name = Path(str(a.get("run_dir") or "")).name or a.get("run_id")
+    new = [d for d in diff["differences"] if d.get("ack") is None]
+    acked = [d for d in diff["differences"] if d.get("ack") is not None]
+    parts = [f'<h2>Differences from {e(name)}</h2>',
+             f'<p class="small">A: {e(a.get("suite"))}, libvirt {e(a.get("libvirt"))}, QEMU {e(a.get("qemu"))} '
+             f'(run {e(a.get("run_id"))}). Scenarios in both runs: {e(c["scenarios_compared"])}, '
+             f'only in A: {e(c["only_in_a"])}, only in this run: {e(c["only_in_b"])}. '
+             f'<strong>{e(c["new"])} new</strong>, {e(c["acknowledged"])} acknowledged'
+             + (f' ({e(diff["acks_file"])})' if diff.get("acks_file") else "") + ".</p>"]
+    parts.append(_diff_rows(new, present) if new else "<p>No new differences.</p>")
+    if acked:
+        parts.append(f"<details><summary>{len(acked)} acknowledged</summary>{_diff_rows(acked, present)}</details>")
+    if diff.get("stale_acks"):
+        items = "".join(f'<li class="mono">{e(s["file"])}:{e(s["line"])}: {e(s["reason"])}</li>'
+                        for s in diff["stale_acks"])
+        parts.append(f'<div class="label">Stale acknowledgements (match nothing any more)</div><ul>{items}</ul>')
+    for note in diff.get("notes") or []:
+        parts.append(f'<p class="small muted">{e(note)}</p>')
+    return f'<section class="card diff" id="differences" data-new="{e(c["new"])}">{"".join(parts)}</section>'
+
+
+def render(summary: dict, run_dir: Path, diff: dict | None = None) -> str:
+    """The whole report for one run; artefact links are relative to run_dir, where the page lives.
+    `diff` (report/diff.py's result with this run as RUN_B) adds a "Differences from RUN_A" section."""
     meta, counts, records = summary["meta"], summary["counts"], summary["scenarios"]
     failing = [r for r in records if r["verdict"] in ("failed", "error")]
     body = [_status(counts), _header(meta, counts)]
     if "comparison" in summary:
         body.append(_comparison(summary["comparison"], {r["scenario"] for r in records}))
+    if diff is not None:
+        body.append(differences(diff, {r["scenario"] for r in records}))
     body.append(_verdict_table(records))
     if failing:
         body.append("<h2>Failures</h2>")
