@@ -439,6 +439,12 @@ class HarnessSession:
             shutil.rmtree(self.staging, ignore_errors=True)
             shutil.rmtree(self.spill, ignore_errors=True)
             return
+        bad = [r["scenario"] for r in records if r.get("verdict") in ("failed", "error")]
+        session = self.config.pluginmanager.get_plugin("session")
+        if bad and session is not None and session.exitstatus == pytest.ExitCode.OK:
+            # e.g. an overlapped teardown that failed in an xdist worker after its item was reported
+            self._say(f"harness: not every scenario passed: {', '.join(bad)}", red=True)
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
         meta = self._run_meta(run_dir)
         meta.update({"run_id": self.sid, "command": " ".join(self.config.invocation_params.args),
                      "harness_version": __import__("harness").__version__,

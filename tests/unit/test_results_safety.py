@@ -331,7 +331,11 @@ def test_summary_is_written_once_there_is_room_and_records_go_then(session):
     assert not (run_dir / "records").exists() and not (run_dir / "meta.json").exists()
     assert not hx.staging.exists() and not hx.spill.exists()
     assert [h["run_dir"] for h in report.read_history(root)] == [run_dir.name]
-    assert f"harness: results in {run_dir}" in cfg.tr.text and cfg.session.exitstatus == pytest.ExitCode.OK
+    assert f"harness: results in {run_dir}" in cfg.tr.text
+    # nothing failed to be written; the run is red because its one scenario failed (a verdict pytest may
+    # not know of: an overlapped teardown in an xdist worker)
+    assert "harness: not every scenario passed: seed-hostdev-then-hotplug" in cfg.tr.text
+    assert cfg.session.exitstatus == pytest.ExitCode.TESTS_FAILED
     for f in ("junit.xml", "summary.json", "report.html"):        # redacted like summary.json (item 9b)
         text = (run_dir / f).read_text()
         assert "id_ed25519" not in text and "PRIVATE KEY" not in text, f
