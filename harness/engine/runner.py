@@ -376,6 +376,7 @@ class Runner:
         entry = {"index": i, "step": step.describe(), "line": step.mark.line if step.mark else None,
                  "verdict": "passed", "duration_s": round(dur, 3),
                  "libvirt_s": round(self.t.libvirt_seconds - lv0, 3),
+                 "error": err,          # libvirt's text, also when the step expected it (harness diff)
                  "aliases": {k: v for k, v in oracle.aliases_by_id(after.live_xml or after.inactive_xml,
                                                                   self.keys).items()}}
         self.steps_log.append(entry)
