@@ -2,7 +2,8 @@
 
 The trixie run (libvirt 11.3) is the scenario items of this same pytest session; this test brings a
 bookworm bed up in a child pytest and checks every scenario passed (none skipped); the matrix test reuses
-that bed, and the module takes it down.
+that bed, and the module takes it down. The sid test (libvirt 12.x) runs the seed and the pool scenarios on
+a sid bed and takes that bed down at module end too.
 """
 from __future__ import annotations
 
@@ -71,3 +72,24 @@ def test_matrix_over_two_suites_writes_a_scenario_by_libvirt_table(bookworm_down
     assert row.count("PASS") == 2, text
     html = (paths.results_dir() / "matrix.html").read_text()
     assert "seed-hostdev-then-hotplug" in html and "9.0.0" in html
+
+
+@pytest.fixture(scope="module")
+def sid_down():
+    """The sid bed the seed + pool test brings up (and keeps) goes down with this module."""
+    yield
+    if state.load("sid") is not None:
+        lifecycle.down("sid")
+
+
+def test_seed_and_pool_scenarios_pass_on_sid(sid_down):
+    p, summary = run_suite("sid", ["-k", "seed-hostdev or pool", "--harness-retries", "1", "--keep-bed"])
+    assert summary["meta"]["libvirt"].startswith("12."), summary["meta"]
+    verdicts = {s["scenario"]: s["verdict"] for s in summary["scenarios"]}
+    bad = {k: v for k, v in verdicts.items() if v != "passed"}
+    assert not bad, f"{bad}\n{p.stdout[-4000:]}"
+    must = {"seed-hostdev-then-hotplug", "pool-by-pf", "pool-exhausted", "pool-interface-alias-at-start",
+            "pool-interface-hotplug", "vf-returned-to-pool"}
+    assert must <= set(verdicts), sorted(verdicts)
+    assert not summary["counts"].get("skipped"), summary["counts"]
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-2000:]
