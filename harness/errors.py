@@ -12,3 +12,7 @@ class HarnessError(Exception):
 
     def __str__(self) -> str:
         return self.message + (f"\n  hint: {self.hint}" if self.hint else "")
+
+
+class InfrastructureError(HarnessError):
+    """The bed, libvirtd, the connection or the tiny guest failed under a scenario: not a verdict on libvirt."""

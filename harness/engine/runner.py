@@ -25,7 +25,7 @@ from harness.engine.devices import Leases
 from harness.engine.journal import Entry, Journal, on_vfio
 from harness.engine.session import Target
 from harness.engine.steps import ACTIONS, StepContext
-from harness.errors import HarnessError
+from harness.errors import HarnessError, InfrastructureError
 from harness.progress import say
 from harness.report.run import os_error_text, redact
 from harness.scenario.model import Device, Scenario, Step
@@ -48,10 +48,6 @@ class StepFailure(Exception):
 
 class ScenarioSkip(Exception):
     pass
-
-
-class InfrastructureError(HarnessError):
-    """The bed, libvirtd or the connection failed under the scenario: not a verdict on libvirt."""
 
 
 def walk_steps(steps: list[Step]):

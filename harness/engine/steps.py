@@ -15,7 +15,7 @@ import libvirt
 
 from harness import oracle
 from harness.engine import xmlbuild
-from harness.errors import HarnessError
+from harness.errors import HarnessError, InfrastructureError
 from harness.progress import say
 
 if TYPE_CHECKING:
@@ -78,7 +78,8 @@ def do_start(ctx: StepContext) -> None:
         _define(ctx)
         ctx.conn.call(r.dom.create, timeout=180)
     if not wait_console(ctx, "harness-guest-ready", GUEST_BOOT_TIMEOUT):
-        raise HarnessError(f"the tiny guest did not boot within {GUEST_BOOT_TIMEOUT:.0f} s (domain type {r.virt_type})",
+        # The harness's own guest, not libvirt, failed: an infrastructure error, never a verdict.
+        raise InfrastructureError(f"the tiny guest did not boot within {GUEST_BOOT_TIMEOUT:.0f} s (domain type {r.virt_type})",
                            hint=f"see qemu.log in the artefacts (console: {r.console_log})")
 
 
