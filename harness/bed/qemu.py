@@ -3,7 +3,9 @@
 Hardware: q35 + intel-iommu (caching-mode, needed by libvirt for hostdev behind an emulated
 IOMMU), igb PFs (SR-IOV, VFs made at boot) and e1000e NICs (plain <hostdev>), each behind its own
 pcie-root-port, none with a netdev peer so nothing they send leaves the VM. Management: QEMU user
-networking with restrict=on and one hostfwd on 127.0.0.1.
+networking with restrict=on and one hostfwd on 127.0.0.1. A vmgenid device lets the guest kernel reseed
+its RNG when a bed is started from a saved template (harness/bed/template.py): beds restored from one
+saved RAM image would otherwise share the kernel's random state.
 """
 from __future__ import annotations
 
@@ -36,7 +38,11 @@ def port_taken(port: int) -> bool:
     return False
 
 
-def command(bed: BedInfo, img: Image, overlay: str, pfs: int = 1, e1000e: int = 2) -> list[str]:
+def command(bed: BedInfo, img: Image, overlay: str, pfs: int = 1, e1000e: int = 2,
+            incoming: bool = False) -> list[str]:
+    """The bed's QEMU command line. Everything that is not under the bed's folder, its name or its host
+    port is hardware: a bed started from a template must have exactly the template's (template.hardware_args).
+    incoming: wait for a migration stream (QMP migrate-incoming) instead of booting."""
     d = bed.path
     machine = "q35,kernel-irqchip=split"
     cpu = "max" if bed.accel == "tcg" else "host"
@@ -45,6 +51,7 @@ def command(bed: BedInfo, img: Image, overlay: str, pfs: int = 1, e1000e: int = 
            "-cpu", cpu, "-smp", str(bed.cpus), "-m", str(bed.memory_mib),
            "-nodefaults", "-display", "none", "-no-user-config",
            "-device", "intel-iommu,intremap=on,caching-mode=on",
+           "-device", "vmgenid",
            "-kernel", str(img.kernel), "-initrd", str(img.initrd),
            "-append", "root=LABEL=hx-bed-root rw console=ttyS0 intel_iommu=on iommu=pt quiet "
                       "systemd.show_status=0 net.ifnames=1",
@@ -68,22 +75,39 @@ def command(bed: BedInfo, img: Image, overlay: str, pfs: int = 1, e1000e: int = 
         cmd += ["-device", f"pcie-root-port,id=hxrp{slot},chassis={slot},slot={slot}",
                 "-device", f"e1000e,bus=hxrp{slot},id=hxe{i},mac=52:54:00:20:00:{i:02x}"]
         slot += 1
+    if incoming:
+        cmd += ["-incoming", "defer"]
     return cmd
 
 
-def start(bed: BedInfo, img: Image) -> None:
+def overlay_path(bed: BedInfo) -> str:
+    return str(bed.path / "overlay.qcow2")
+
+
+def create_overlay(overlay: str, backing: str, backing_fmt: str) -> None:
+    """A new qcow2 overlay of its own for this bed; the backing file is only ever read."""
+    p = subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", backing_fmt, "-b", backing, overlay],
+                       capture_output=True, text=True)
+    if p.returncode != 0:
+        raise HarnessError(f"qemu-img create {overlay} failed: {(p.stderr or p.stdout).strip()[-400:]}")
+
+
+def launch(bed: BedInfo, cmd: list[str]) -> None:
     d = bed.path
-    overlay = str(d / "overlay.qcow2")
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(img.disk), overlay],
-                   check=True, capture_output=True)
     (d / "serial.log").write_text("")
-    cmd = command(bed, img, overlay)
     (d / "qemu.cmdline").write_text(" ".join(cmd) + "\n")
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     if p.returncode != 0:
         raise HarnessError(f"QEMU did not start (exit {p.returncode}): {p.stderr.strip()[-800:]}",
                            hint=f"full command line in {d / 'qemu.cmdline'}")
     bed.pid = int((d / "qemu.pid").read_text().strip())
+
+
+def start(bed: BedInfo, img: Image) -> None:
+    """Cold boot: a new overlay on the image, then the kernel boots."""
+    overlay = overlay_path(bed)
+    create_overlay(overlay, str(img.disk), "raw")
+    launch(bed, command(bed, img, overlay))
 
 
 def pid_alive(pid: int, needle: bytes | None = None) -> bool:

@@ -10,10 +10,15 @@ class QMP:
     def __init__(self, path: str, timeout: float = 5.0):
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.settimeout(timeout)
-        self.sock.connect(path)
-        self.f = self.sock.makefile("rw")
-        json.loads(self.f.readline())  # greeting
-        self.cmd("qmp_capabilities")
+        self.f = None
+        try:
+            self.sock.connect(path)
+            self.f = self.sock.makefile("rw")
+            json.loads(self.f.readline())  # greeting
+            self.cmd("qmp_capabilities")
+        except BaseException:
+            self.close()
+            raise
 
     def cmd(self, name: str, **args) -> dict:
         self.f.write(json.dumps({"execute": name, "arguments": args}) + "\n")
@@ -24,10 +29,15 @@ class QMP:
                 return msg
 
     def close(self) -> None:
-        try:
-            self.sock.close()
-        except OSError:
-            pass
+        # The makefile() object holds the socket open too: closing only the socket would keep the
+        # connection (QEMU serves one QMP client at a time) until garbage collection.
+        for c in (self.f, self.sock):
+            if c is None:
+                continue
+            try:
+                c.close()
+            except OSError:
+                pass
 
     def __enter__(self):
         return self

@@ -154,7 +154,7 @@ def test_missing_host_tool_is_named(tmp_path):
 
 def test_a_bed_that_never_answers_times_out_with_the_serial_log_and_leaves_nothing():
     with pytest.raises(HarnessError) as e:
-        lifecycle.up(suite="trixie", name="hx-itest-slow", timeout=8)
+        lifecycle.up(suite="trixie", name="hx-itest-slow", timeout=8, cold=True)   # template path: test_bed_snapshot
     assert "not ready after 8 s" in e.value.message
     assert "serial log" in str(e.value)
     assert state.load("hx-itest-slow") is None
