@@ -113,6 +113,9 @@ def pair(suite, tpl):
             bed = lifecycle.up(suite=suite, name=name, memory_mib=MEM)
             bed.extra["test_up_s"] = time.monotonic() - t0
             beds.append(bed)
+        if not tpl.key.startswith(image.cache_key(suite) + "-"):
+            pytest.skip(f"the image recipe changed while the test ran (now {image.cache_key(suite)}, template "
+                        f"{tpl.key}): a concurrent edit of harness/bed; rerun")
         yield {"beds": beds, "before": before}
     finally:
         for name in (A, B):
