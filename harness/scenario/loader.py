@@ -873,6 +873,13 @@ class _Semantics:
                                                     "paste well-formed libvirt XML (one element, quoted attributes, "
                                                     "closed tags; declare xmlns: prefixes)"))
             return
+        try:      # and as the run will parse it (ElementTree refuses some things expat takes, e.g. '}' in a URI)
+            ET.fromstring(filled)
+        except ET.ParseError as e:
+            line, column = e.position
+            self.problems.append(self.raw_xml_error(path, text, line, column + 1, f"raw XML does not parse: {e}",
+                                                    "paste well-formed libvirt XML; namespace URIs hold no braces"))
+            return
         for el in root.iter():
             if el.tag == "hostdev" or (el.tag == "interface" and el.get("type") == "hostdev"):
                 try:

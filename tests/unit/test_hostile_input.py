@@ -662,3 +662,15 @@ def test_a_loader_bug_in_one_file_is_that_file_s_error_not_an_internalerror(tmp_
     assert p.returncode == 2 and "INTERNALERROR" not in out, out
     assert "ERROR collecting scenarios/boom.yaml" in out and "RuntimeError: a bug in the loader" in out, out
     assert "scenarios/good.yaml::good" in out, out
+
+
+def test_raw_xml_that_only_the_run_time_parser_refuses_is_a_lint_error(tmp_path):
+    """Found by test_fuzz_raw_xml: expat takes '}' in a namespace URI, ElementTree (the run) does not."""
+    from harness.scenario.loader import ScenarioError, load_file
+    f = tmp_path / "brace.yaml"
+    f.write_text("guards: x\ndevices:\n  vf1: {kind: vf}\ndomain:\n  devices:\n    - id: d1\n      xml: |\n"
+                 "        <source xmlns:qemu='}}http://libvirt.org/schemas/domain/qemu/1.0'></source>\n"
+                 "steps:\n  - start:\n")
+    with pytest.raises(ScenarioError) as e:
+        load_file(str(f))
+    assert f"{f}:8:9: raw XML does not parse" in str(e.value)
