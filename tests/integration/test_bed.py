@@ -32,7 +32,7 @@ def qemu_pids(name: str) -> list[int]:
         if pid.isdigit():
             try:
                 with open(f"/proc/{pid}/cmdline", "rb") as f:
-                    if f"hx-bed-{name}".encode() in f.read():
+                    if f"hx-bed-{name}\0".encode() in f.read():   # the whole -name argument
                         out.append(int(pid))
             except OSError:
                 pass

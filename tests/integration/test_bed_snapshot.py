@@ -21,25 +21,13 @@ import pytest
 
 from harness.bed import image, lifecycle, qemu, state, template
 from harness.errors import HarnessError
+from test_bed import qemu_pids   # one /proc scan for both bed test modules
 
 pytestmark = [pytest.mark.bed, pytest.mark.slow]
 
 MEM = 2048
 ORIGIN, A, B, FALLBACK = "hx-itest-snap-origin", "hx-itest-snap-a", "hx-itest-snap-b", "hx-itest-snap-fallback"
 REPO = Path(__file__).resolve().parent.parent.parent
-
-
-def qemu_pids(name: str) -> list[int]:
-    out = []
-    for pid in os.listdir("/proc"):
-        if pid.isdigit():
-            try:
-                with open(f"/proc/{pid}/cmdline", "rb") as f:
-                    if f"hx-bed-{name}\0".encode() in f.read():
-                        out.append(int(pid))
-            except OSError:
-                pass
-    return out
 
 
 def sha256(p: Path) -> str:
