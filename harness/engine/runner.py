@@ -4,6 +4,7 @@ step, snapshot, judge with the oracle, write artefacts, and always clean up.
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import secrets
 import shlex
@@ -123,11 +124,22 @@ class Runner:
             raise ScenarioSkip(why)
         # A daemon restart drops every worker's connection: such scenarios hold the bed alone.
         rw = ReadWriteLock(str(self.t.lock_dir / "bed.rwlock"), is_singleton=False)
+        intent = self.t.lock_dir / "bed.writer-waiting"
         with self.phase("wait for the bed lock"):
-            if self.exclusive and self.t.reaper is not None:
-                self.t.reaper.drain()      # this worker's own teardowns hold read locks: let them finish
+            if self.exclusive:
+                # Readers overlap (a teardown takes its read lock before its scenario lets go): without a
+                # sign that a writer waits, other workers' scenarios could hold the bed for good.
+                intent.write_text(str(os.getpid()))
+                if self.t.reaper is not None:
+                    self.t.reaper.drain()  # this worker's own teardowns hold read locks: let them finish
+            else:
+                _wait_for_writer(intent)
             lock = rw.write_lock() if self.exclusive else rw.read_lock()
-            lock.__enter__()
+            try:
+                lock.__enter__()
+            finally:
+                if self.exclusive:
+                    intent.unlink(missing_ok=True)
         try:
             self.t.conn.ensure()
             return self._run_leased()
@@ -521,6 +533,30 @@ _SHUTOFF_REASONS = {libvirt.VIR_DOMAIN_SHUTOFF_UNKNOWN: "unknown", libvirt.VIR_D
                     libvirt.VIR_DOMAIN_SHUTOFF_FAILED: "failed to start",
                     libvirt.VIR_DOMAIN_SHUTOFF_FROM_SNAPSHOT: "from snapshot",
                     libvirt.VIR_DOMAIN_SHUTOFF_DAEMON: "stopped by the daemon"}
+
+
+def _wait_for_writer(intent: Path, limit: float = 300.0) -> None:
+    """A new scenario lets a waiting daemon-restart scenario (another worker's) go first; a writer that
+    died leaves a file whose pid is gone, and the wait is bounded in any case."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        try:
+            pid = int(intent.read_text().strip() or "0")
+        except (OSError, ValueError):
+            return
+        if pid == os.getpid() or not _pid_alive(pid):
+            return
+        time.sleep(0.5)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def domain_state(st: list[int]) -> str:
