@@ -18,6 +18,7 @@ from typing import Callable
 import libvirt
 
 from harness import oracle, paths
+from harness.bed.qemu import pid_alive
 from harness.engine import xmlbuild
 from filelock import ReadWriteLock
 
@@ -544,19 +545,9 @@ def _wait_for_writer(intent: Path, limit: float = 300.0) -> None:
             pid = int(intent.read_text().strip() or "0")
         except (OSError, ValueError):
             return
-        if pid == os.getpid() or not _pid_alive(pid):
+        if pid == os.getpid() or not pid_alive(pid):
             return
         time.sleep(0.5)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def domain_state(st: list[int]) -> str:

@@ -7,7 +7,6 @@ by a cold boot of a bed of its own if the cache has none yet.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -21,6 +20,7 @@ import pytest
 
 from harness.bed import image, lifecycle, qemu, state, template
 from harness.errors import HarnessError
+from harness.libvirt_build.source import _sha256 as sha256
 from test_bed import qemu_pids   # one /proc scan for both bed test modules
 
 pytestmark = [pytest.mark.bed, pytest.mark.slow]
@@ -28,14 +28,6 @@ pytestmark = [pytest.mark.bed, pytest.mark.slow]
 MEM = 2048
 ORIGIN, A, B, FALLBACK = "hx-itest-snap-origin", "hx-itest-snap-a", "hx-itest-snap-b", "hx-itest-snap-fallback"
 REPO = Path(__file__).resolve().parent.parent.parent
-
-
-def sha256(p: Path) -> str:
-    h = hashlib.sha256()
-    with open(p, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def fingerprint(pub: str) -> str:
