@@ -36,7 +36,7 @@ SCHEMA_PATH = Path(__file__).with_name("schema.json")
 MAX_BYTES = 128 << 10   # the catalog's largest file has 1.2 KiB; parsing 1 MiB of YAML takes seconds
 MAX_DEPTH = 64
 MAX_NODES = 5_000      # values once aliases and merges are expanded; the catalog's largest file has 160
-MAX_RUN_STEPS = 2_000   # steps one run may execute, repeats expanded (schema: repeat.times <= 100)
+MAX_RUN_STEPS = 2_000   # steps one run may execute, repeats expanded (schema: repeat.times <= 1000; bench.soak runs 200 cycles = 400 steps)
 MAX_REGEX_DEPTH = 20    # nested groups in an expect.error regex
 
 #: pytest's own marks and well-known plugins' (plus the harness's `scenario`): as a tag they would change

@@ -157,7 +157,7 @@ def test_huge_and_non_finite_numbers_are_a_located_error(field, value):
 @pytest.mark.parametrize("field, value, message", [
     ("timeout", "3601", "too large (must be <= 3600)"),
     ("timeout", "0", "too small (must be > 0)"),
-    ("repeat.times", "101", "too large (must be <= 100)"),
+    ("repeat.times", "1001", "too large (must be <= 1000)"),
     ("root_ports", "33", "too large (must be <= 32)"),
     ("memory_mib", "16385", "too large (must be <= 16384)"),
     ("vcpus", "65", "too large (must be <= 64)"),
@@ -167,7 +167,7 @@ def test_limits_are_named_in_the_error(field, value, message):
     assert message in refused(NUMBER_FIELDS[field].replace("@@", value)).message
 
 
-@pytest.mark.parametrize("field, value", [("timeout", "3600"), ("timeout", "0.5"), ("repeat.times", "100"),
+@pytest.mark.parametrize("field, value", [("timeout", "3600"), ("timeout", "0.5"), ("repeat.times", "1000"),
                                           ("root_ports", "32"), ("memory_mib", "16384"), ("vcpus", "64")])
 def test_the_maximums_themselves_load(field, value):
     assert located(NUMBER_FIELDS[field].replace("@@", value)) is None
@@ -512,7 +512,7 @@ def test_fuzz_numbers(field, value):
         [sc] = load_text(NUMBER_FIELDS[field].replace("@@", value), FILE)
         assert sc.domain.root_ports <= 32 and sc.domain.memory_mib <= 16384 and sc.domain.vcpus <= 64
         for step in sc.steps:
-            assert step.times <= 100 and (step.timeout is None or 0 < step.timeout <= 3600)
+            assert step.times <= 1000 and (step.timeout is None or 0 < step.timeout <= 3600)
 
 
 regex_text = st.recursive(

@@ -74,7 +74,7 @@ BAD_CASES = {
     "regex-nested.yaml": (4, "bad regular expression: groups nested more than 20 deep"),
     "regex-overflow.yaml": (4, "bad regular expression: the repetition number is too large"),
     "root-ports-huge.yaml": (3, "domain.root_ports: 100000 is too large (must be <= 32)"),
-    "repeat-times-huge.yaml": (5, "repeat.times: 1000000000 is too large (must be <= 100)"),
+    "repeat-times-huge.yaml": (5, "repeat.times: 1000000000 is too large (must be <= 1000)"),
     "repeat-nested.yaml": (5, "more than 2000"),
     "xml-malformed-domain.yaml": (8, "raw XML does not parse: mismatched tag"),
     "xml-qemu-commandline.yaml": (7, "<qemu:commandline>"),
