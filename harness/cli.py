@@ -177,46 +177,64 @@ def cmd_report(args) -> int:
 
 
 def cmd_matrix(args) -> int:
+    """The catalog on a bed of each suite, one after the other; with --diff, each suite's run is diffed against
+    the previous suite's (older libvirt first), as `harness diff` would: what changed between the versions."""
+    from harness.report import diff
     from harness.report import run as report
-    summaries = []
+    summaries, run_dirs = [], []
     rc = 0
     for suite in [s for s in args.suites.split(",") if s]:
         before = {h["run_dir"] for h in report.read_history(paths.results_dir())}
-        ns = argparse.Namespace(suite=suite, via="qemu", k=args.k, m=None, workers=None, retries=0,
-                                keep_bed=False)
+        ns = argparse.Namespace(suite=suite, via="qemu", k=args.k, m=None, workers=args.workers,
+                                retries=args.retries, keep_bed=False)
         rc |= cmd_run(ns, [])
         new = [h for h in report.read_history(paths.results_dir()) if h["run_dir"] not in before]
         if not new:
             raise HarnessError(f"suite {suite}: the run wrote no results")
-        summaries.append(json.loads((paths.results_dir() / new[-1]["run_dir"] / "summary.json").read_text()))
+        run_dirs.append(paths.results_dir() / new[-1]["run_dir"])
+        summaries.append(json.loads((run_dirs[-1] / "summary.json").read_text()))
     text, html = report.matrix_table(summaries)
     out = paths.results_dir()
     (out / "matrix.txt").write_text(text)
     (out / "matrix.html").write_text(html)
     print(text)
     print(f"matrix: {out / 'matrix.txt'}, {out / 'matrix.html'}")
+    if args.diff:
+        acks = diff.default_acks()
+        for a, b in zip(run_dirs, run_dirs[1:]):
+            print(f"\n== harness diff {a.name} {b.name}")
+            rc |= _write_diff(str(a), str(b), acks, html=True)
     return rc
 
 
-def cmd_diff(args) -> int:
-    """Every outward difference between two runs; 0 nothing new, 1 new differences, 2 bad input."""
-    from harness.report import diff, html as html_report
+def _write_diff(run_a: str, run_b: str, acks: Path, *, html: bool, json_out: Path | None = None,
+                show_all: bool = False) -> int:
+    """Print the diff of two runs, write its JSON (and the HTML section); 0 nothing new, 1 new differences."""
+    from harness.report import diff
+    from harness.report import html as html_report
     from harness.report.run import load_summary, write_atomic
-    acks = Path(args.acks) if args.acks else diff.default_acks()
-    result = diff.diff_runs(args.run_a, args.run_b, acks)
-    print(diff.render_text(result, show_acknowledged=args.all), end="")
-    out = Path(args.json) if args.json else Path(args.run_b) / diff.json_name(args.run_a)
+    result = diff.diff_runs(run_a, run_b, acks)
+    print(diff.render_text(result, show_acknowledged=show_all), end="")
+    out = json_out or Path(run_b) / diff.json_name(run_a)
     try:
         write_atomic(out, json.dumps(result, indent=2, ensure_ascii=False) + "\n")
         print(f"diff: {out}")
-        if args.html:
-            b = Path(args.run_b)
+        if html:
+            b = Path(run_b)
             write_atomic(b / "report.html", html_report.render(load_summary(b), b, diff=result))
-            print(f"report: {b / 'report.html'} (with a section 'Differences from {Path(args.run_a).name}')")
+            print(f"report: {b / 'report.html'} (with a section 'Differences from {Path(run_a).name}')")
     except OSError as e:
         raise HarnessError(f"could not write {e.filename or out}: {e.strerror or e}",
                            hint="pass --json FILE somewhere writable") from None
     return diff.exit_code(result)
+
+
+def cmd_diff(args) -> int:
+    """Every outward difference between two runs; 0 nothing new, 1 new differences, 2 bad input."""
+    from harness.report import diff
+    acks = Path(args.acks) if args.acks else diff.default_acks()
+    return _write_diff(args.run_a, args.run_b, acks, html=args.html, json_out=Path(args.json) if args.json else None,
+                       show_all=args.all)
 
 
 def cmd_libvirt_build(args) -> int:
@@ -410,6 +428,10 @@ def parser() -> argparse.ArgumentParser:
     m = sub.add_parser("matrix", help="run the catalog on a bed of each suite; scenario x libvirt table")
     m.add_argument("--suites", default="bookworm,trixie", type=_suites)
     m.add_argument("-k")
+    m.add_argument("-n", dest="workers", type=_int_in(1, 1024, "auto", "logical"), help="pytest-xdist workers per suite")
+    m.add_argument("--retries", type=_int_in(0, 100), default=0)
+    m.add_argument("--diff", action="store_true",
+                   help="diff each suite's run against the previous suite's (harness diff; known-differences.yaml)")
     m.set_defaults(fn=cmd_matrix)
     df = sub.add_parser("diff", help="every outward difference between two runs (aliases, errors, QEMU ids, XML)")
     df.add_argument("run_a", metavar="RUN_A", type=_diff_run, help="the run to compare with (e.g. the older libvirt)")
