@@ -51,18 +51,14 @@ def cmd_bed_up(args) -> int:
 
 
 def cmd_bed_status(args) -> int:
-    from harness.bed import lifecycle, qemu, state, status
+    from harness.bed import lifecycle, state, status
     beds = state.all_beds()
     if args.name:
         beds = [b for b in beds if b.name == args.name]
     out = []
     rc = 0
     for b in beds:
-        if b.via == "qemu":
-            running = qemu.status(b)
-        else:
-            from harness.bed import vagrant
-            running = vagrant.status(b)
+        running = lifecycle.status(b)
         entry = {"name": b.name, "suite": b.suite, "via": b.via, "accel": b.accel, "accel_reason": b.accel_reason,
                  "ssh_port": b.ssh_port, "pid": b.pid,
                  "ssh": (f"{b.ssh_host}:{b.ssh_port}" + (f" (netns {b.extra.get('netns')})" if b.extra.get("netns") else "")), "vm": running, "uri": b.uri.split("?")[0], "checks": []}

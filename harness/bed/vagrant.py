@@ -1,23 +1,12 @@
-"""Vagrant launcher: the same bed as harness/bed/qemu.py, brought up by vagrant-libvirt.
+"""Vagrant launcher: the same bed as harness/bed/launch_qemu.py, brought up by vagrant-libvirt.
 
 Why this exists: QA hosts that standardise on Vagrant get the bed through the repo's top-level
 Vagrantfile; this module drives that path on the harness's own machines and gives back the same
 BedInfo the QEMU path does, so nothing outside harness/bed can tell the two apart.
 
-How, without touching anything global on the host (PID 1 is not systemd and the host has no
-libvirtd of its own):
+How, without touching anything global on the host: every bed has a network namespace and a private
+libvirtd of its own (harness/bed/vagrant_ns.py), and
 
-* a network namespace ``hx-vg-<bed>`` per bed: libvirtd, virtlogd, dnsmasq, QEMU and vagrant all
-  run inside it, so vagrant-libvirt's management network (192.168.121.0/24 with NAT) exists only
-  there and has no way out of this machine;
-* private libvirt directories under the bed dir (``lv/{etc,run,lib,cache,log}``) bind-mounted over
-  /etc/libvirt, /run/libvirt, /var/lib/libvirt, /var/cache/libvirt, /var/log/libvirt in a private
-  mount namespace for every process we start there (the ``nsexec`` wrapper in the bed dir): the
-  host's libvirt config, storage and logs are never read or written. qemu.conf there has
-  ``cgroup_controllers = [ ]``, ``user = "root"`` (the fw_cfg key files live under /root) and no
-  security driver. The one trace on the host is an empty /run/libvirt mount point, made if missing.
-  The daemons' sockets are plain files under the bed dir, so the host can talk to
-  that libvirtd with ``qemu+unix:///system?socket=<bed>/lv/run/libvirt-sock`` (``extra["libvirt_uri"]``);
 * one VAGRANT_HOME for all beds under the cache (``vagrant-home``, holds the added boxes), the
   machine's ``.vagrant`` dir in the bed dir (VAGRANT_DOTFILE_PATH), Vagrant Cloud checks off;
 * SSH from the host: ``ProxyCommand ip netns exec hx-vg-<bed> socat - TCP:%h:%p`` to the guest's
@@ -40,6 +29,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -53,149 +43,22 @@ from harness import paths
 from harness.bed import accel as accel_mod
 from harness.bed import box as box_mod
 from harness.bed import image as image_mod
-from harness.bed import lifecycle, qemu
-from harness.bed import state as state_mod
+from harness.bed import passthrough, qemu
+from harness.bed.launcher import Launcher, UpOptions
 from harness.bed.state import BedInfo
+from harness.bed.vagrant_ns import (kill_netns, libvirt_uri, lv_dir, netns_exists, ns_name, nsexec, read_pid,
+                                    run, start_daemons)
 from harness.errors import HarnessError
 from harness.progress import say
 
-NS_PREFIX = "hx-vg-"
 VAGRANTFILE_DIR = paths.REPO
-#: private dir (under <bed>/lv) -> the path it is bind-mounted over inside the namespace
-LV_DIRS = {"etc": "/etc/libvirt", "run": "/run/libvirt", "lib": "/var/lib/libvirt",
-           "cache": "/var/cache/libvirt", "log": "/var/log/libvirt"}
 TOOLS = ("vagrant", "ip", "unshare", "libvirtd", "virtlogd", "virsh", "socat", "ssh", "ssh-keygen")
-
-LIBVIRTD_CONF = """\
-# libvirt-alias-harness: private libvirtd for one Vagrant bed (network namespace {ns})
-unix_sock_group = "root"
-unix_sock_ro_perms = "0700"
-unix_sock_rw_perms = "0700"
-auth_unix_ro = "none"
-auth_unix_rw = "none"
-log_outputs = "3:file:/var/log/libvirt/libvirtd.log"
-"""
-
-QEMU_CONF = """\
-# libvirt-alias-harness: private qemu.conf for one Vagrant bed.
-# QEMU runs as root: the per-bed key files handed in with -fw_cfg live under the bed dir (/root/...).
-user = "root"
-group = "root"
-dynamic_ownership = 0
-remember_owner = 0
-security_driver = "none"
-# No systemd on the host: no cgroup or per-VM /dev namespace management.
-cgroup_controllers = [ ]
-namespaces = [ ]
-"""
-
-VIRTLOGD_CONF = """\
-# libvirt-alias-harness: private virtlogd for one Vagrant bed
-log_outputs = "3:file:/var/log/libvirt/virtlogd.log"
-"""
-
-
-def ns_name(name: str) -> str:
-    return NS_PREFIX + re.sub(r"[^A-Za-z0-9_.-]", "-", name)
 
 
 def vagrant_home() -> Path:
     p = paths.cache_dir() / "vagrant-home"
     p.mkdir(parents=True, exist_ok=True)
     return p
-
-
-def netns_exists(ns: str) -> bool:
-    return os.path.exists(f"/run/netns/{ns}")
-
-
-def _read_pid(f: Path) -> int:
-    try:
-        return int(f.read_text().strip())
-    except (OSError, ValueError):
-        return 0
-
-
-def _run(cmd: list[str], what: str, timeout: float, env: dict | None = None,
-         log: Path | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    """Every subprocess here is bounded; output optionally kept in a log file in the bed dir."""
-    try:
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env,
-                           stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired as e:
-        out = (e.stdout or b"") if isinstance(e.stdout, bytes) else (e.stdout or "").encode()
-        if log:
-            log.write_bytes(out)
-        tail = "\n".join(out.decode(errors="replace").strip().splitlines()[-20:])
-        raise HarnessError(f"{what} timed out after {timeout:.0f} s\n{tail}") from None
-    if log:
-        log.write_text(p.stdout + p.stderr)
-    if check and p.returncode != 0:
-        # Ruby backtraces say nothing to a person: keep the message lines, drop the "from ..." frames.
-        lines = [ln for ln in (p.stdout + p.stderr).strip().splitlines() if not ln.lstrip().startswith("from /")]
-        tail = "\n".join(lines[-25:])
-        raise HarnessError(f"{what} failed (exit {p.returncode})\n{tail}")
-    return p
-
-
-# --- namespace + private libvirt --------------------------------------------------------------
-
-def _lv(bed: BedInfo) -> Path:
-    return bed.path / "lv"
-
-
-def _nsexec(bed: BedInfo) -> Path:
-    return bed.path / "nsexec"
-
-
-def _write_nsexec(bed: BedInfo, ns: str) -> None:
-    """<bed>/nsexec CMD...: run CMD in the bed's netns with the bed's private libvirt dirs."""
-    mounts = "\n".join(f"mount --bind '{_lv(bed) / k}' '{v}'" for k, v in LV_DIRS.items())
-    _nsexec(bed).write_text(
-        "#!/bin/sh\n"
-        f"# Runs a command in network namespace {ns} with this bed's private libvirt directories.\n"
-        f"exec ip netns exec '{ns}' unshare --mount --propagation private -- /bin/sh -ec '\n"
-        f"{mounts}\n"
-        "exec \"$@\"' hx-nsexec \"$@\"\n")
-    _nsexec(bed).chmod(0o755)
-
-
-def libvirt_uri(bed: BedInfo) -> str:
-    """URI of the bed's own (outer) libvirtd, usable from the host."""
-    return f"qemu+unix:///system?socket={_lv(bed) / 'run' / 'libvirt-sock'}"
-
-
-def _start_daemons(bed: BedInfo, ns: str) -> None:
-    for k in LV_DIRS:
-        (_lv(bed) / k).mkdir(parents=True, exist_ok=True)
-    for target in LV_DIRS.values():
-        # Mount points must exist on the host; /run/libvirt is the only one the packages may not
-        # have made. An empty directory, nothing is ever written to it outside our namespaces.
-        os.makedirs(target, exist_ok=True)
-    (_lv(bed) / "etc" / "libvirtd.conf").write_text(LIBVIRTD_CONF.format(ns=ns))
-    (_lv(bed) / "etc" / "qemu.conf").write_text(QEMU_CONF)
-    (_lv(bed) / "etc" / "virtlogd.conf").write_text(VIRTLOGD_CONF)
-    _write_nsexec(bed, ns)
-    if not netns_exists(ns):
-        _run(["ip", "netns", "add", ns], f"ip netns add {ns}", timeout=20)
-    _run(["ip", "-n", ns, "link", "set", "lo", "up"], "loopback up", timeout=20)
-    _run([str(_nsexec(bed)), "virtlogd", "--daemon", "--pid-file", str(bed.path / "virtlogd.pid")],
-         "virtlogd start", timeout=30)
-    _run([str(_nsexec(bed)), "libvirtd", "--daemon", "--pid-file", str(bed.path / "libvirtd.pid")],
-         "libvirtd start", timeout=60)
-    deadline = time.monotonic() + 60
-    last = ""
-    while time.monotonic() < deadline:
-        p = subprocess.run(["virsh", "-c", libvirt_uri(bed), "version"], capture_output=True, text=True,
-                           timeout=30, stdin=subprocess.DEVNULL)
-        if p.returncode == 0:
-            bed.extra["libvirtd_pid"] = _read_pid(bed.path / "libvirtd.pid")
-            bed.extra["virtlogd_pid"] = _read_pid(bed.path / "virtlogd.pid")
-            return
-        last = p.stderr.strip()
-        time.sleep(1)
-    raise HarnessError(f"the bed's libvirtd in netns {ns} does not answer: {last}",
-                       hint=f"log: {_lv(bed) / 'log' / 'libvirtd.log'}")
 
 
 # --- vagrant ------------------------------------------------------------------------------------
@@ -241,7 +104,6 @@ def check_passthrough(addrs: list[str], pool: list[str] | None = None) -> None:
     interfaces are visible; see harness/bed/passthrough.py for the facts it reads."""
     if not addrs:
         return
-    from harness.bed import passthrough
     bad = passthrough.refusals(addrs, pool=passthrough_addrs() if pool is None else pool)
     if bad:
         raise HarnessError("real passthrough refused, nothing was created:\n" + "\n".join(f"  {r}" for r in bad),
@@ -262,7 +124,7 @@ def _vagrant(bed: BedInfo, *args: str, timeout: float, check: bool = True) -> su
     t0 = time.monotonic()
     lines: list[str] = []
     with open(log, "w") as logf:
-        proc = subprocess.Popen([str(_nsexec(bed)), "vagrant", *args], env=_vagrant_env(bed), text=True,
+        proc = subprocess.Popen([str(nsexec(bed)), "vagrant", *args], env=_vagrant_env(bed), text=True,
                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 start_new_session=True)
         timer = threading.Timer(timeout, lambda: _kill_group(proc))
@@ -300,12 +162,11 @@ def _kill_group(proc: subprocess.Popen) -> None:
 
 def _write_vagrant_wrapper(bed: BedInfo) -> None:
     """<bed>/vagrant ARGS: for people debugging a bed (vagrant status, vagrant ssh) with the right env."""
-    import shlex
     env = {k: v for k, v in _vagrant_env(bed).items() if k.startswith(("VAGRANT_", "HX_", "LIBVIRT_"))}
     lines = [f"export {k}={shlex.quote(v)}" for k, v in sorted(env.items())]
     w = bed.path / "vagrant"
     w.write_text("#!/bin/sh\n# Vagrant for this bed only: its namespace, private libvirt, VAGRANT_HOME.\n"
-                 + "\n".join(lines) + f'\nexec "{_nsexec(bed)}" vagrant "$@"\n')
+                 + "\n".join(lines) + f'\nexec "{nsexec(bed)}" vagrant "$@"\n')
     w.chmod(0o755)
 
 
@@ -324,7 +185,7 @@ def ensure_box(img: image_mod.Image) -> str:
         env = {k: v for k, v in os.environ.items() if not k.startswith("VAGRANT_")}
         env.update({"VAGRANT_HOME": str(vagrant_home()), "VAGRANT_CHECKPOINT_DISABLE": "1"})
         # Run from a directory without a Vagrantfile: box add must not load the repo's one.
-        _run(["vagrant", "box", "add", "--force", "--name", name, str(boxf)], "vagrant box add", timeout=600,
+        run(["vagrant", "box", "add", "--force", "--name", name, str(boxf)], "vagrant box add", timeout=600,
              env={**env, "VAGRANT_CWD": str(vagrant_home())})
         # Boxes of older images/recipes are of no further use.
         for old in (vagrant_home() / "boxes").glob("hx-*"):
@@ -354,96 +215,77 @@ def _guest_ip(bed: BedInfo, dom: str, timeout: float = 60) -> str:
         time.sleep(2)
 
 
-# --- public API ---------------------------------------------------------------------------------
 
-def up(suite: str = "trixie", name: str | None = None, memory_mib: int = 4096, cpus: int = 2, vfs: int = 4,
-       timeout: float = lifecycle.BOOT_TIMEOUT, accel: str | None = None) -> BedInfo:
-    """Bring a Vagrant bed up (or reuse a live one) and wait until its libvirtd answers."""
-    image_mod.check_suite(suite)
-    image_mod.require_tools(*TOOLS)
-    if os.geteuid() != 0:
-        raise HarnessError("the Vagrant bed needs root (network namespace, libvirtd, bind mounts)")
-    name = name or lifecycle.default_name(suite, "vagrant")
-    with lifecycle.exclusive(name):
-        existing = state_mod.load(name)
-        if existing and existing.via == "vagrant" and alive(existing):
-            say(f"bed {name}: already up (vagrant, {existing.ssh_host} in netns {existing.extra.get('netns')}); reusing")
-            lifecycle.wait_ready(existing, timeout=60)
-            return existing
-        # Before anything is created or cleaned up: a NIC in use is never handed to a VM. (Not for a
-        # live bed reused above: its passed-through NICs are held by its own QEMU and would be refused.)
-        passthrough = passthrough_addrs()
-        check_passthrough(passthrough)
-        if existing:
-            say(f"bed {name}: cleaning up a dead earlier bed")
-            lifecycle._cleanup(existing)
-        elif netns_exists(ns_name(name)):
-            _kill_netns(ns_name(name))
-        img = image_mod.build(suite)
-        box_name = ensure_box(img)
-        d = state_mod.bed_dir(name)
-        shutil.rmtree(d, ignore_errors=True)
-        d.mkdir(parents=True)
-        d.chmod(0o700)
-        lifecycle._make_keys(d)
-        ns = ns_name(name)
-        bed = BedInfo(name=name, suite=suite, via="vagrant", dir=str(d), ssh_host="", ssh_port=22,
-                      memory_mib=memory_mib, cpus=cpus, vfs=vfs, image_key=img.key,
-                      started=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                      extra={"netns": ns, "box": box_name, "boot_timeout": int(timeout),
-                             **({"passthrough": passthrough} if passthrough else {})})
-        bed.accel, bed.accel_reason = accel_mod.detect(img.kernel, accel)
-        say(f"bed {name}: vagrant-libvirt driver {'kvm' if bed.accel == 'kvm' else 'qemu (TCG)'} ({bed.accel_reason})")
-        host_pub = (d / "host_ed25519.pub").read_text().split()
-        bed.known_hosts.write_text(f"hx-bed-{name} {host_pub[0]} {host_pub[1]}\n")
+
+# --- the launcher -------------------------------------------------------------------------------
+
+class VagrantLauncher(Launcher):
+    via = "vagrant"
+
+    def check(self, opts: UpOptions) -> None:
+        image_mod.require_tools(*TOOLS)
+        if os.geteuid() != 0:
+            raise HarnessError("the Vagrant bed needs root (network namespace, libvirtd, bind mounts)")
+
+    def prepare(self, name: str, opts: UpOptions) -> dict:
+        # A NIC in use is never handed to a VM. (Not for a live bed reused: its passed-through NICs are
+        # held by its own QEMU and would be refused.)
+        addrs = passthrough_addrs()
+        check_passthrough(addrs)
+        return {"netns": ns_name(name), "boot_timeout": int(opts.timeout),
+                **({"passthrough": addrs} if addrs else {})}
+
+    def clear_leftovers(self, name: str) -> None:
+        if netns_exists(ns_name(name)):
+            kill_netns(ns_name(name))
+
+    def up(self, bed: BedInfo, img: image_mod.Image, opts: UpOptions) -> None:
+        bed.ssh_host, bed.ssh_port = "", 22
         bed.serial_log.write_text("")
         bed.save()       # from here on, down() can find and remove whatever exists
+        bed.extra["box"] = ensure_box(img)
+        ns = bed.extra["netns"]
+        bed.accel, bed.accel_reason = accel_mod.detect(img.kernel, opts.accel)
+        say(f"bed {bed.name}: vagrant-libvirt driver {'kvm' if bed.accel == 'kvm' else 'qemu (TCG)'} "
+            f"({bed.accel_reason})")
         t0 = time.monotonic()
-        try:
-            _start_daemons(bed, ns)
-            _write_vagrant_wrapper(bed)
-            bed.extra["libvirt_uri"] = libvirt_uri(bed)
-            bed.save()
-            say(f"bed {name}: libvirtd + virtlogd up in netns {ns}; vagrant up (box upload + boot, minutes under TCG)")
-            _vagrant(bed, "up", "--provider=libvirt", "--no-provision", timeout=timeout + 180)
-            t_up = time.monotonic() - t0
-            dom = _domain(bed)
-            if not dom:
-                raise HarnessError("vagrant up returned but the bed's libvirtd has no domain")
-            bed.extra["domain"] = dom
-            bed.ssh_host = _guest_ip(bed, dom)
-            bed.extra["ssh_proxy_command"] = f"ip netns exec {ns} socat - TCP:%h:%p"
-            bed.extra["vagrant_up_seconds"] = round(t_up, 1)
-            bed.write_ssh_files()
-            bed.save()
-            say(f"bed {name}: vagrant up done in {t_up:.0f} s; guest {bed.ssh_host} (via netns {ns})")
-            lifecycle.wait_ready(bed, timeout=max(60.0, timeout - t_up))
-            bed.extra["ready_seconds"] = round(time.monotonic() - t0, 1)
-            bed.save()
-        except BaseException:
-            kept = _keep_logs(bed)
-            lifecycle._cleanup(bed)
-            if kept:
-                say(f"bed {name}: up failed; logs kept in {kept}", warn=True)
-            raise
-        return bed
+        start_daemons(bed, ns)
+        _write_vagrant_wrapper(bed)
+        bed.extra["libvirt_uri"] = libvirt_uri(bed)
+        bed.save()
+        say(f"bed {bed.name}: libvirtd + virtlogd up in netns {ns}; vagrant up (box upload + boot, minutes under TCG)")
+        _vagrant(bed, "up", "--provider=libvirt", "--no-provision", timeout=opts.timeout + 180)
+        t_up = time.monotonic() - t0
+        dom = _domain(bed)
+        if not dom:
+            raise HarnessError("vagrant up returned but the bed's libvirtd has no domain")
+        bed.extra["domain"] = dom
+        bed.ssh_host = _guest_ip(bed, dom)
+        bed.extra["ssh_proxy_command"] = f"ip netns exec {ns} socat - TCP:%h:%p"
+        bed.extra["vagrant_up_seconds"] = round(t_up, 1)
+        bed.write_ssh_files()
+        bed.save()
+        say(f"bed {bed.name}: vagrant up done in {t_up:.0f} s; guest {bed.ssh_host} (via netns {ns})")
+        self.wait_ready(bed, timeout=max(60.0, opts.timeout - t_up))
+        bed.extra["ready_seconds"] = round(time.monotonic() - t0, 1)
+        bed.save()
 
+    def failed(self, bed: BedInfo) -> None:
+        kept = _keep_logs(bed)
+        if kept:
+            say(f"bed {bed.name}: up failed; logs kept in {kept}", warn=True)
 
-def _keep_logs(bed: BedInfo) -> Path | None:
-    """Copy the logs of a failed up out of the bed dir (which cleanup removes)."""
-    try:
-        out = paths.cache_dir() / "bed-logs" / f"{bed.name}-{time.strftime('%Y%m%dT%H%M%S')}"
-        files = [*bed.path.glob("vagrant-*.log"), bed.serial_log, *(_lv(bed) / "log").glob("*.log"),
-                 *(_lv(bed) / "log" / "qemu").glob("*.log")]
-        files = [f for f in files if f.exists()]
-        if not files:
-            return None
-        out.mkdir(parents=True, exist_ok=True)
-        for f in files:
-            shutil.copy2(f, out / f.name)
-        return out
-    except OSError:
-        return None
+    def down(self, bed: BedInfo) -> list[str]:
+        return down(bed)
+
+    def alive(self, bed: BedInfo) -> bool:
+        return alive(bed)
+
+    def status(self, bed: BedInfo) -> str:
+        return status(bed)
+
+    def describe(self, bed: BedInfo) -> str:
+        return f"{bed.ssh_host} in netns {bed.extra.get('netns')}"
 
 
 def alive(bed: BedInfo) -> bool:
@@ -455,7 +297,7 @@ def status(bed: BedInfo) -> str:
     ns = bed.extra.get("netns") or ns_name(bed.name)
     if not netns_exists(ns):
         return "not running (no netns)"
-    if not qemu.pid_alive(_read_pid(bed.path / "libvirtd.pid")):
+    if not qemu.pid_alive(read_pid(bed.path / "libvirtd.pid")):
         return "not running (no libvirtd)"
     dom = bed.extra.get("domain")
     if not dom:
@@ -467,44 +309,23 @@ def status(bed: BedInfo) -> str:
         return "libvirtd not answering"
     return p.stdout.strip() or f"unknown ({p.stderr.strip()})"
 
+def _keep_logs(bed: BedInfo) -> Path | None:
+    """Copy the logs of a failed up out of the bed dir (which cleanup removes)."""
+    try:
+        out = paths.cache_dir() / "bed-logs" / f"{bed.name}-{time.strftime('%Y%m%dT%H%M%S')}"
+        files = [*bed.path.glob("vagrant-*.log"), bed.serial_log, *(lv_dir(bed) / "log").glob("*.log"),
+                 *(lv_dir(bed) / "log" / "qemu").glob("*.log")]
+        files = [f for f in files if f.exists()]
+        if not files:
+            return None
+        out.mkdir(parents=True, exist_ok=True)
+        for f in files:
+            shutil.copy2(f, out / f.name)
+        return out
+    except OSError:
+        return None
 
-def _kill_netns(ns: str, grace: float = 15.0) -> list[str]:
-    """Stop every process in the namespace (TERM, then KILL), then delete it."""
-    done = []
-    if not netns_exists(ns):
-        return done
 
-    def pids() -> list[int]:
-        p = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True, timeout=20)
-        return [int(x) for x in p.stdout.split() if x.isdigit()]
-
-    first = pids()
-    names = []
-    for pid in first:
-        try:
-            names.append(Path(f"/proc/{pid}/comm").read_text().strip())
-        except OSError:
-            pass
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
-        left = pids()
-        if not left:
-            break
-        for pid in left:
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        t = time.monotonic() + wait
-        while time.monotonic() < t and pids():
-            time.sleep(0.3)
-    left = pids()
-    if first:
-        done.append(f"stopped {len(first) - len(left)} process(es) in netns {ns}: {', '.join(sorted(set(names)))}")
-    if left:
-        done.append(f"WARNING: could not stop pids {left} in netns {ns}")
-    p = subprocess.run(["ip", "netns", "del", ns], capture_output=True, text=True, timeout=20)
-    done.append(f"deleted netns {ns}" if p.returncode == 0 else f"WARNING: ip netns del {ns}: {p.stderr.strip()}")
-    return done
 
 
 def _forget_machine(bed: BedInfo) -> None:
@@ -530,7 +351,7 @@ def down(bed: BedInfo) -> list[str]:
     done: list[str] = []
     ns = bed.extra.get("netns") or ns_name(bed.name)
     t0 = time.monotonic()
-    libvirtd_up = netns_exists(ns) and qemu.pid_alive(_read_pid(bed.path / "libvirtd.pid"))
+    libvirtd_up = netns_exists(ns) and qemu.pid_alive(read_pid(bed.path / "libvirtd.pid"))
     if libvirtd_up and (bed.path / ".vagrant").exists():
         try:
             p = _vagrant(bed, "destroy", "-f", timeout=300, check=False)
@@ -553,7 +374,7 @@ def down(bed: BedInfo) -> list[str]:
     _forget_machine(bed)
     if bed.ssh_config.exists():
         subprocess.run(["ssh", "-F", str(bed.ssh_config), "-O", "exit", "bed"], capture_output=True, timeout=10)
-    done += _kill_netns(ns)
+    done += kill_netns(ns)
     if bed.path.exists():
         shutil.rmtree(bed.path, ignore_errors=True)
         done.append(f"removed {bed.path} (keys, private libvirt dirs and volumes, logs)")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.bed import lifecycle, qemu, template
+from harness.bed import launch_qemu, lifecycle, qemu, template
 from harness.bed.image import Image
 from harness.bed.state import BedInfo
 
@@ -306,4 +306,4 @@ def test_cold_boot_is_forced_by_the_argument_or_HX_BED_COLD(monkeypatch, env, ar
         monkeypatch.delenv("HX_BED_COLD", raising=False)
     else:
         monkeypatch.setenv("HX_BED_COLD", env)
-    assert lifecycle.cold_forced(arg) is want
+    assert launch_qemu.cold_forced(arg) is want

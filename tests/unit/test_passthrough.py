@@ -177,8 +177,8 @@ def test_vagrantfile_refuses_before_lv_pci(tmp_path):
 
 
 def test_vagrant_bed_up_refuses_before_creating_anything(monkeypatch):
+    from harness.bed import lifecycle, vagrant_ns
     from harness.bed import state as state_mod
-    from harness.bed import vagrant
     from harness.errors import HarnessError
 
     if os.geteuid() != 0:
@@ -188,7 +188,7 @@ def test_vagrant_bed_up_refuses_before_creating_anything(monkeypatch):
     monkeypatch.setenv("HX_PASSTHROUGH", f"{addr},{_free_addr()}")
     try:
         with pytest.raises(HarnessError) as ei:
-            vagrant.up(suite="trixie", name=name)
+            lifecycle.up(suite="trixie", via="vagrant", name=name)
     except HarnessError as e:                      # missing host tools: says so, before our check
         pytest.skip(str(e))
     msg = str(ei.value)
@@ -196,7 +196,7 @@ def test_vagrant_bed_up_refuses_before_creating_anything(monkeypatch):
     assert f"{addr} ({dev}) carries the default route" in msg and "no such PCI device" in msg
     assert ei.value.hint and "HX_PASSTHROUGH" in ei.value.hint
     assert not state_mod.bed_dir(name).exists() and state_mod.load(name) is None
-    assert not vagrant.netns_exists(vagrant.ns_name(name))
+    assert not vagrant_ns.netns_exists(vagrant_ns.ns_name(name))
     Path(str(state_mod.bed_dir(name)) + ".lock").unlink(missing_ok=True)
 
 
