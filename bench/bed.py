@@ -16,7 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._common import env, median, write  # noqa: E402
-from harness.bed import image, lifecycle, qemu, template  # noqa: E402
+from harness.bed import image, lifecycle, qemu, template_store  # noqa: E402
 
 
 def rss_mib(pid: int) -> float:
@@ -92,7 +92,7 @@ def main() -> None:
         if len(tpl_runs) == a.template_runs:
             break
         img = image.build(a.suite)
-        tpl = template.for_hardware(img, accel=qemu.detect_accel(img, None)[0])
+        tpl = template_store.for_hardware(img, accel=qemu.detect_accel(img, None)[0])
         if not tpl.ready():       # first time for this image (or a recipe change rebuilt it): make it
             ready, _, boot = one_up(a.suite, "hx-bench-tpl-origin")
             made.append({"boot_s": round(ready, 1), "libvirtd_ready_s": boot.get("seconds"),

@@ -15,6 +15,7 @@ import time
 from harness.bed import image as image_mod
 from harness.bed import qemu
 from harness.bed import template as template_mod
+from harness.bed import template_store
 from harness.bed.image import Image
 from harness.bed.launcher import Launcher, UpOptions, serial_tail
 from harness.bed.state import BedInfo
@@ -103,7 +104,7 @@ def _up_from_template(bed: BedInfo, img: Image, t0: float, timeout: float) -> bo
         _reset_for_cold(bed)
         created = bed.extra.pop("template_created", None)
         if broken:
-            template_mod.discard(tpl, created=created)
+            template_store.discard(tpl, created=created)
         return False
     secs = time.monotonic() - t0
     bed.extra.pop("template_created", None)

@@ -19,39 +19,31 @@ bed's own authorized_keys and host key (the same ones its fw_cfg holds, so a reb
 guest clock to the host's, and reloads sshd; then the bed's own pinning must work and the template's client
 key must be refused. The vmgenid device (qemu.command) makes the guest kernel reseed its RNG on restore.
 
-Layout: <cache>/templates/<key>/ (0700): disk.qcow2 and state.mig (0444), id_ed25519 (the template's
-client key, 0600), host_ed25519.pub (the origin bed's host key, pinned for the one login), meta.json,
-last-used. The key is the image key + a digest of the hardware command line, the QEMU binary and the
-image's identity, so another configuration, another QEMU or a rebuilt image never restores a mismatched
-state. At most MAX_TEMPLATES are kept.
+The store (key, layout, usability, pruning) is harness/bed/template_store.py.
 """
 from __future__ import annotations
 
 import base64
 import contextlib
-import hashlib
 import json
 import os
-import re
 import select
 import shutil
 import subprocess
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-from filelock import FileLock, Timeout
+from filelock import Timeout
 
-from harness import paths
+from harness.bed import qemu
 from harness.bed.image import Image
 from harness.bed.qmp import QMP
 from harness.bed.state import BedInfo
+from harness.bed.template_store import (FORMAT, Template, TemplateBusy, TemplateError, discard, discard_locked,
+                                        file_id, for_key, key_for, lock, prune, templates_dir, usable)
 from harness.errors import HarnessError
 from harness.progress import say
 
-FORMAT = 2
-#: templates kept at most (least recently used go first); each is ~0.5 GB of RAM state + its disk
-MAX_TEMPLATES = 4
 MIGRATE_TIMEOUT = 180.0
 #: a restored bed that does not answer SSH with the template key within this is given up (cold boot)
 RESTORE_SSH_TIMEOUT = 45.0
@@ -60,261 +52,9 @@ RESTORE_READY_TIMEOUT = 45.0
 TEMPLATE_HOST_ALIAS = "hx-template"
 
 
-class TemplateError(HarnessError):
-    """A template could not be used; the caller cold-boots instead and, if `broken`, discards it."""
-    broken = True
-
-
-class TemplateBusy(TemplateError):
-    """Not the template's fault (its lock held too long by a process saving or discarding it; QEMU did
-    not start at all, which a cold boot would meet too): it is kept."""
-    broken = False
-
-
 class RestoreTimedOut(HarnessError):
     """The caller's own deadline ran out while starting from a template: not the template's fault."""
 
-
-# ---- the key: what must match ------------------------------------------------------------------
-
-def hardware_args(cmd: list[str], bed_dir: str, name: str, port: int) -> list[str]:
-    """The QEMU command line with what is the bed's own (its folder, name, host port; -incoming) replaced
-    by placeholders: what is left is hardware and must be equal between a template and a bed started
-    from it. Files in the bed's folder (overlay, fw_cfg keys, sockets, logs) are per bed by design: the
-    device state in the stream does not depend on their contents (fw_cfg files are read by the guest at
-    boot; the bed's keys are installed over SSH after the restore)."""
-    out: list[str] = []
-    d = str(bed_dir).rstrip("/") + "/"
-    prev = ""
-    for a in cmd:
-        if prev == "-incoming":
-            out.pop()
-        elif prev == "-name" and a == f"hx-bed-{name}":
-            out.append("hx-bed-{NAME}")
-        else:
-            a = a.replace(d, "{BED}/")
-            if prev == "-netdev":
-                a = re.sub(rf"(hostfwd=tcp:127\.0\.0\.1:){port}(-:22)", r"\g<1>{PORT}\g<2>", a)
-            out.append(a)
-        prev = a
-    return out
-
-
-def qemu_identity(binary: str = "qemu-system-x86_64") -> str:
-    """The QEMU that would run the bed: version line + the binary's size and mtime (a rebuild counts)."""
-    path = shutil.which(binary)
-    if path is None:
-        return "missing"
-    st = os.stat(os.path.realpath(path))
-    v = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30).stdout.splitlines()
-    return f"{v[0] if v else '?'}|{st.st_size}|{st.st_mtime_ns}"
-
-
-def image_identity(img: Image) -> dict:
-    """What tells one build of an image from another of the same key (image build --force keeps the key)."""
-    ident = {"key": img.key}
-    try:
-        ident["built"] = img.manifest.get("built")
-    except (OSError, ValueError):
-        ident["built"] = None
-    for f in (img.disk, img.kernel, img.initrd):
-        try:
-            st = f.stat()
-            ident[f.name] = [st.st_size, st.st_mtime_ns]
-        except OSError:
-            ident[f.name] = None
-    return ident
-
-
-def template_key(image_key: str, hw: list[str], qemu_id: str, image_id: dict) -> str:
-    h = hashlib.sha256(json.dumps({"format": FORMAT, "hw": hw, "qemu": qemu_id, "image": image_id},
-                                  sort_keys=True).encode()).hexdigest()
-    return f"{image_key}-{h[:12]}"
-
-
-def compatible(meta: dict, hw: list[str], qemu_id: str, image_id: dict) -> str | None:
-    """None if a template with this meta can start a bed of this hardware, else why not."""
-    if meta.get("format") != FORMAT:
-        return f"template format {meta.get('format')} (this harness: {FORMAT})"
-    if meta.get("qemu") != qemu_id:
-        return f"made by another QEMU ({meta.get('qemu')!r}, now {qemu_id!r})"
-    if meta.get("image") != image_id:
-        return "the bed image changed since the template was made"
-    if meta.get("hw") != hw:
-        theirs, ours = meta.get("hw") or [], hw
-        diff = [f"{a!r} != {b!r}" for a, b in zip(theirs, ours) if a != b][:3]
-        return "the QEMU command line differs: " + ("; ".join(diff) or f"{len(theirs)} vs {len(ours)} arguments")
-    return None
-
-
-# ---- the store -----------------------------------------------------------------------------------
-
-def templates_dir() -> Path:
-    p = paths.cache_dir() / "templates"
-    p.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return p
-
-
-@dataclass
-class Template:
-    key: str
-    dir: Path
-
-    @property
-    def disk(self) -> Path:
-        return self.dir / "disk.qcow2"
-
-    @property
-    def state(self) -> Path:
-        return self.dir / "state.mig"
-
-    @property
-    def client_key(self) -> Path:
-        return self.dir / "id_ed25519"
-
-    @property
-    def host_pub(self) -> Path:
-        return self.dir / "host_ed25519.pub"
-
-    @property
-    def meta_file(self) -> Path:
-        return self.dir / "meta.json"
-
-    @property
-    def meta(self) -> dict:
-        return json.loads(self.meta_file.read_text())
-
-    def ready(self) -> bool:
-        return self.meta_file.exists()
-
-
-def lock(key: str) -> FileLock:
-    return FileLock(str(templates_dir() / f"{key}.lock"))
-
-
-def for_key(key: str) -> Template:
-    return Template(key=key, dir=templates_dir() / key)
-
-
-def key_for(bed: BedInfo, img: Image, cmd: list[str]) -> tuple[str, list[str], str, dict]:
-    hw = hardware_args(cmd, str(bed.path), bed.name, bed.ssh_port)
-    qid, iid = qemu_identity(cmd[0]), image_identity(img)
-    return template_key(img.key, hw, qid, iid), hw, qid, iid
-
-
-def for_hardware(img: Image, memory_mib: int = 4096, cpus: int = 2, vfs: int = 4, accel: str = "tcg") -> Template:
-    """The template (ready or not) that a bed of these settings would use."""
-    from harness.bed import qemu
-    probe = BedInfo(name="hx-probe", suite=img.suite, via="qemu", dir=str(paths.beds_dir() / "hx-probe"),
-                    ssh_port=1, memory_mib=memory_mib, cpus=cpus, vfs=vfs, accel=accel)
-    cmd = qemu.command(probe, img, qemu.overlay_path(probe))
-    return for_key(key_for(probe, img, cmd)[0])
-
-
-def write_private(path: Path, data: bytes) -> None:
-    """A secret file created 0600 from the start (no window with a wider mode, whatever the umask)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, data)
-    finally:
-        os.close(fd)
-
-
-def _file_id(p: Path) -> list[int]:
-    st = p.stat()
-    return [st.st_size, st.st_mtime_ns]
-
-
-def usable(tpl: Template, hw: list[str], qemu_id: str, image_id: dict) -> str | None:
-    """None if tpl can be restored for this hardware; else why not (then it is stale or damaged)."""
-    try:
-        meta = tpl.meta
-    except (OSError, ValueError) as e:
-        return f"unreadable meta.json ({e})"
-    why = compatible(meta, hw, qemu_id, image_id)
-    if why:
-        return why
-    for f, want in (("disk", meta.get("disk_id")), ("state", meta.get("state_id"))):
-        try:
-            if _file_id(getattr(tpl, f)) != want:
-                return f"{getattr(tpl, f).name} changed since the template was made"
-        except OSError as e:
-            return f"{getattr(tpl, f).name}: {e.strerror}"
-    if not tpl.client_key.exists() or not tpl.host_pub.exists():
-        return "its keys are missing"
-    return None
-
-
-def discard(tpl: Template, created: str | None = None, why: str = "") -> bool:
-    """Remove a template (only the one made at `created`, if given: a fresh one made meanwhile stays).
-    Beds started from it keep running: their QEMU holds the backing file open."""
-    with lock(tpl.key):
-        return _discard_locked(tpl, created, why)
-
-
-def _discard_locked(tpl: Template, created: str | None = None, why: str = "") -> bool:
-    if not tpl.dir.exists():
-        return False
-    if created is not None:
-        try:
-            if tpl.meta.get("created") != created:
-                return False
-        except (OSError, ValueError):
-            pass
-    trash = templates_dir() / f".trash-{tpl.key}-{os.getpid()}-{time.monotonic_ns()}"
-    os.rename(tpl.dir, trash)
-    shutil.rmtree(trash, ignore_errors=True)
-    if why:
-        say(f"template {tpl.key}: discarded ({why})")
-    return True
-
-
-def prune(keep: str | None = None) -> list[str]:
-    """Drop templates of images that are gone or were rebuilt and those of another template format, then
-    all but the MAX_TEMPLATES most recently used. Leftover staging and trash folders of dead processes go
-    too."""
-    root = templates_dir()
-    gone = []
-    for d in root.iterdir():
-        if d.name.startswith((".tmp-", ".trash-")) and d.is_dir():
-            pid = d.name.split("-")[-2] if d.name.startswith(".trash-") else d.name.split("-")[-1]
-            if not (pid.isdigit() and os.path.exists(f"/proc/{pid}")):
-                shutil.rmtree(d, ignore_errors=True)
-    live = []
-    for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        tpl = Template(key=d.name, dir=d)
-        try:
-            meta = tpl.meta
-        except (OSError, ValueError):
-            continue            # being made or damaged; the maker's lock decides
-        iid = meta.get("image") or {}
-        img_dir = paths.images_dir() / str(iid.get("key"))
-        if meta.get("format") != FORMAT and d.name != keep:
-            if discard(tpl, meta.get("created")):
-                gone.append(f"{d.name} (made by another version of the harness)")
-            continue
-        if d.name == keep:
-            live.append((time.time(), tpl))
-            continue
-        from harness.bed import image as image_mod
-        suite = meta.get("suite", "")
-        if not (img_dir / "manifest.json").exists() or (
-                suite in image_mod.SUITES and image_identity(Image(suite=suite, key=str(iid.get("key")),
-                                                                   dir=img_dir)) != iid):
-            if discard(tpl, meta.get("created")):
-                gone.append(f"{d.name} (its image is gone or was rebuilt)")
-            continue
-        try:
-            used = (d / "last-used").stat().st_mtime
-        except OSError:
-            used = tpl.meta_file.stat().st_mtime
-        live.append((used, tpl))
-    live.sort(key=lambda x: x[0], reverse=True)
-    for _, tpl in live[MAX_TEMPLATES:]:
-        if tpl.key != keep and discard(tpl):
-            gone.append(f"{tpl.key} (least recently used; at most {MAX_TEMPLATES} are kept)")
-    return gone
 
 
 # ---- QMP helpers ---------------------------------------------------------------------------------
@@ -458,7 +198,7 @@ def capture(bed: BedInfo, img: Image, cmd: list[str], lock_timeout: float = 60.0
         if tpl.dir.exists() and why is None:
             return None
         if tpl.dir.exists():
-            _discard_locked(tpl, why=why)
+            discard_locked(tpl, why=why)
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(mode=0o700)
         # The template's own client key, authorized in the saved moment only: the origin bed drops it
@@ -488,7 +228,7 @@ def capture(bed: BedInfo, img: Image, cmd: list[str], lock_timeout: float = 60.0
         created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()) + f"/{os.getpid()}/{time.monotonic_ns()}"
         meta = {"format": FORMAT, "key": key, "suite": bed.suite, "created": created, "origin_bed": bed.name,
                 "hw": hw, "qemu": qid, "image": iid,
-                "disk_id": _file_id(staging / "disk.qcow2"), "state_id": _file_id(staging / "state.mig"),
+                "disk_id": file_id(staging / "disk.qcow2"), "state_id": file_id(staging / "state.mig"),
                 "state_bytes": (staging / "state.mig").stat().st_size, "paused_s": round(paused, 2),
                 "migrate": stats}
         (staging / "meta.json").write_text(json.dumps(meta, indent=2))
@@ -560,7 +300,6 @@ def restore(bed: BedInfo, img: Image, tpl: Template, deadline: float | None = No
     """Start `bed` from `tpl` (see the module doc), by `deadline` (time.monotonic()) if given. Raises
     TemplateError (or HarnessError) on any failure: the caller stops the QEMU, discards the template
     and cold-boots; RestoreTimedOut if the caller's deadline ran out first. Returns timings."""
-    from harness.bed import qemu
     caller = deadline if deadline is not None else float("inf")
 
     def left(own: float) -> float:
@@ -634,7 +373,6 @@ def _rotate(bed: BedInfo, tpl: Template, left) -> tuple[int, Path]:
     """One login as the template: this bed's own keys in, the template's out, the clock set, libvirtd and
     the VFs checked. `left()` says how long it may still try. Returns the VF count and the template's
     known_hosts file (removed by the caller once the bed's own pinning is proven)."""
-    from harness.bed import qemu
     kh = bed.path / "known_hosts.template"
     pub = tpl.host_pub.read_text().split()
     kh.write_text(f"{TEMPLATE_HOST_ALIAS} {pub[0]} {pub[1]}\n")

@@ -18,7 +18,7 @@ from pathlib import Path
 import libvirt
 import pytest
 
-from harness.bed import image, lifecycle, qemu, state, template
+from harness.bed import image, lifecycle, qemu, state, template, template_store
 from harness.errors import HarnessError
 from harness.libvirt_build.source import _sha256 as sha256
 from test_bed import qemu_pids   # one /proc scan for both bed test modules
@@ -63,7 +63,7 @@ def suite(request):
 def tpl(suite):
     img = image.build(suite)
     accel = qemu.detect_accel(img, None)[0]
-    t = template.for_hardware(img, memory_mib=MEM, accel=accel)
+    t = template_store.for_hardware(img, memory_mib=MEM, accel=accel)
     if not t.ready():
         bed = lifecycle.up(suite=suite, name=ORIGIN, memory_mib=MEM)
         try:
@@ -229,7 +229,7 @@ def test_a_restore_slower_than_the_callers_timeout_fails_cleanly_and_keeps_the_t
 def test_a_broken_template_falls_back_to_a_cold_boot_and_is_discarded(suite, tpl, monkeypatch, capsys):
     """A copy of the template with a damaged stream (same size and mtime, so it passes the cheap checks):
     QEMU refuses it, the bed says so, boots cold, and the broken copy is removed; the real one stays."""
-    broken = template.templates_dir() / f".itest-broken-{os.getpid()}"     # not a name prune() looks at
+    broken = template_store.templates_dir() / f".itest-broken-{os.getpid()}"     # not a name prune() looks at
     shutil.rmtree(broken, ignore_errors=True)
     shutil.copytree(tpl.dir, broken, copy_function=shutil.copy2)
     os.chmod(broken / "state.mig", 0o644)
@@ -237,7 +237,7 @@ def test_a_broken_template_falls_back_to_a_cold_boot_and_is_discarded(suite, tpl
     with open(broken / "state.mig", "r+b") as f:
         f.write(b"\0" * 4096)
     os.utime(broken / "state.mig", ns=(st.st_atime_ns, st.st_mtime_ns))
-    bad = template.Template(key=tpl.key, dir=broken)
+    bad = template_store.Template(key=tpl.key, dir=broken)
     real_find = template.find
     monkeypatch.setattr(template, "find", lambda bed, img, cmd: (bad, "") if bed.name == FALLBACK
                         else real_find(bed, img, cmd))

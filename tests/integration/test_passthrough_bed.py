@@ -15,11 +15,13 @@ from pathlib import Path
 import pytest
 
 from harness.bed import passthrough as pt
+from harness.bed import passthrough_facts
 from harness.engine.devices import Leases
 
 pytestmark = [pytest.mark.bed]
 
-REMOTE = "/tmp/hx-passthrough.py"
+REMOTE_DIR = "/tmp/hx-passthrough"
+REMOTE = f"{REMOTE_DIR}/passthrough.py"
 
 
 @pytest.fixture(scope="module")
@@ -27,11 +29,13 @@ def bed(hx_target):
     b = hx_target.bed
     if b is None:
         pytest.skip("needs a harness bed (SSH into it), not a bare libvirt URI")
-    p = subprocess.run(b.ssh_argv(f"cat > {REMOTE}"), input=Path(pt.__file__).read_text(), text=True,
-                       capture_output=True, timeout=60)
-    assert p.returncode == 0, p.stderr
+    for mod in (pt, passthrough_facts):        # the script and the facts module it imports from beside it
+        f = Path(mod.__file__)
+        p = subprocess.run(b.ssh_argv(f"mkdir -p {REMOTE_DIR} && cat > {REMOTE_DIR}/{f.name}"), input=f.read_text(),
+                           text=True, capture_output=True, timeout=60)
+        assert p.returncode == 0, p.stderr
     yield b
-    b.ssh(f"rm -f {REMOTE}", timeout=30)
+    b.ssh(f"rm -rf {REMOTE_DIR}", timeout=30)
 
 
 def check(bed, *args: str) -> tuple[int, list[dict]]:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.bed import launch_qemu, lifecycle, qemu, template
+from harness.bed import launch_qemu, lifecycle, qemu, template, template_store
 from harness.bed.image import Image
 from harness.bed.state import BedInfo
 
@@ -28,7 +28,7 @@ def _img(tmp_path: Path) -> Image:
 
 def _hw(bed: BedInfo, img: Image, incoming: bool = False, **kw) -> list[str]:
     cmd = qemu.command(bed, img, qemu.overlay_path(bed), incoming=incoming, **kw)
-    return template.hardware_args(cmd, bed.dir, bed.name, bed.ssh_port)
+    return template_store.hardware_args(cmd, bed.dir, bed.name, bed.ssh_port)
 
 
 # ---- which command lines match -------------------------------------------------------------------
@@ -91,26 +91,26 @@ def test_the_command_line_has_vmgenid_so_restored_guests_reseed(tmp_path):
 
 def test_template_key_is_stable_and_changes_with_each_input():
     hw, q, i = ["qemu-system-x86_64", "-m", "4096"], "QEMU 10.0.2|1|2", {"key": "k", "built": "t1"}
-    k = template.template_key("trixie-abc", hw, q, i)
-    assert k == template.template_key("trixie-abc", list(hw), q, dict(i))
+    k = template_store.template_key("trixie-abc", hw, q, i)
+    assert k == template_store.template_key("trixie-abc", list(hw), q, dict(i))
     assert k.startswith("trixie-abc-") and len(k.split("-")[-1]) == 12
-    assert template.template_key("trixie-abc", hw + ["-smp", "1"], q, i) != k
-    assert template.template_key("trixie-abc", hw, "QEMU 10.0.3|1|2", i) != k
-    assert template.template_key("trixie-abc", hw, q, {"key": "k", "built": "t2"}) != k
+    assert template_store.template_key("trixie-abc", hw + ["-smp", "1"], q, i) != k
+    assert template_store.template_key("trixie-abc", hw, "QEMU 10.0.3|1|2", i) != k
+    assert template_store.template_key("trixie-abc", hw, q, {"key": "k", "built": "t2"}) != k
 
 
 def _meta(hw, q="Q", img=None):
-    return {"format": template.FORMAT, "suite": "trixie", "hw": hw, "qemu": q, "image": img or {"key": "k"}}
+    return {"format": template_store.FORMAT, "suite": "trixie", "hw": hw, "qemu": q, "image": img or {"key": "k"}}
 
 
 def test_compatible_names_what_differs():
     hw = ["qemu-system-x86_64", "-m", "4096", "-smp", "2"]
-    assert template.compatible(_meta(hw), hw, "Q", {"key": "k"}) is None
-    assert "command line differs" in template.compatible(_meta(hw), hw[:2] + ["2048"] + hw[3:], "Q", {"key": "k"})
-    assert "'4096' != '2048'" in template.compatible(_meta(hw), hw[:2] + ["2048"] + hw[3:], "Q", {"key": "k"})
-    assert "another QEMU" in template.compatible(_meta(hw), hw, "Q2", {"key": "k"})
-    assert "image changed" in template.compatible(_meta(hw), hw, "Q", {"key": "k", "built": "x"})
-    assert "format" in template.compatible(dict(_meta(hw), format=0), hw, "Q", {"key": "k"})
+    assert template_store.compatible(_meta(hw), hw, "Q", {"key": "k"}) is None
+    assert "command line differs" in template_store.compatible(_meta(hw), hw[:2] + ["2048"] + hw[3:], "Q", {"key": "k"})
+    assert "'4096' != '2048'" in template_store.compatible(_meta(hw), hw[:2] + ["2048"] + hw[3:], "Q", {"key": "k"})
+    assert "another QEMU" in template_store.compatible(_meta(hw), hw, "Q2", {"key": "k"})
+    assert "image changed" in template_store.compatible(_meta(hw), hw, "Q", {"key": "k", "built": "x"})
+    assert "format" in template_store.compatible(dict(_meta(hw), format=0), hw, "Q", {"key": "k"})
 
 
 def test_image_identity_changes_when_the_image_is_rebuilt(tmp_path):
@@ -119,23 +119,23 @@ def test_image_identity_changes_when_the_image_is_rebuilt(tmp_path):
     for f in (img.disk, img.kernel, img.initrd):
         f.write_bytes(b"x")
     (img.dir / "manifest.json").write_text(json.dumps({"built": "2026-01-01T00:00:00Z"}))
-    a = template.image_identity(img)
+    a = template_store.image_identity(img)
     (img.dir / "manifest.json").write_text(json.dumps({"built": "2026-01-02T00:00:00Z"}))
-    assert template.image_identity(img) != a
-    b = template.image_identity(img)
+    assert template_store.image_identity(img) != a
+    b = template_store.image_identity(img)
     img.disk.write_bytes(b"yy")
-    assert template.image_identity(img) != b
+    assert template_store.image_identity(img) != b
 
 
-def _fake_template(root: Path, key: str, hw, q="Q", img=None) -> template.Template:
+def _fake_template(root: Path, key: str, hw, q="Q", img=None) -> template_store.Template:
     d = root / key
     d.mkdir(parents=True)
     for f in ("disk.qcow2", "state.mig", "host_ed25519.pub"):
         (d / f).write_bytes(b"data-" + f.encode())
-    template.write_private(d / "id_ed25519", b"key")
-    tpl = template.Template(key=key, dir=d)
-    meta = dict(_meta(hw, q, img), created="c1", disk_id=template._file_id(tpl.disk),
-                state_id=template._file_id(tpl.state))
+    template_store.write_private(d / "id_ed25519", b"key")
+    tpl = template_store.Template(key=key, dir=d)
+    meta = dict(_meta(hw, q, img), created="c1", disk_id=template_store.file_id(tpl.disk),
+                state_id=template_store.file_id(tpl.state))
     tpl.meta_file.write_text(json.dumps(meta))
     return tpl
 
@@ -143,56 +143,56 @@ def _fake_template(root: Path, key: str, hw, q="Q", img=None) -> template.Templa
 def test_a_template_whose_files_changed_is_not_usable(tmp_path):
     hw = ["qemu-system-x86_64"]
     tpl = _fake_template(tmp_path, "k1", hw)
-    assert template.usable(tpl, hw, "Q", {"key": "k"}) is None
+    assert template_store.usable(tpl, hw, "Q", {"key": "k"}) is None
     os.chmod(tpl.state, 0o644)
     time.sleep(0.01)
     tpl.state.write_bytes(b"truncated")
-    assert "state.mig changed" in template.usable(tpl, hw, "Q", {"key": "k"})
+    assert "state.mig changed" in template_store.usable(tpl, hw, "Q", {"key": "k"})
     tpl2 = _fake_template(tmp_path, "k2", hw)
     tpl2.client_key.unlink()
-    assert "keys are missing" in template.usable(tpl2, hw, "Q", {"key": "k"})
+    assert "keys are missing" in template_store.usable(tpl2, hw, "Q", {"key": "k"})
     tpl3 = _fake_template(tmp_path, "k3", hw)
     tpl3.meta_file.write_text("{")
-    assert "unreadable meta.json" in template.usable(tpl3, hw, "Q", {"key": "k"})
+    assert "unreadable meta.json" in template_store.usable(tpl3, hw, "Q", {"key": "k"})
 
 
 def test_discard_removes_only_the_template_it_was_asked_to(tmp_path, monkeypatch):
     monkeypatch.setenv("HARNESS_CACHE", str(tmp_path))
-    root = template.templates_dir()
+    root = template_store.templates_dir()
     tpl = _fake_template(root, "k1", ["q"])
-    assert template.discard(tpl, created="not-this-one") is False       # a newer template stays
+    assert template_store.discard(tpl, created="not-this-one") is False       # a newer template stays
     assert tpl.ready()
-    assert template.discard(tpl, created="c1") is True
+    assert template_store.discard(tpl, created="c1") is True
     assert not tpl.dir.exists()
     assert not [p for p in root.iterdir() if p.name.startswith(".trash-")]
 
 
 def test_prune_drops_templates_of_gone_images_and_keeps_the_most_recent(tmp_path, monkeypatch):
     monkeypatch.setenv("HARNESS_CACHE", str(tmp_path))
-    root = template.templates_dir()
+    root = template_store.templates_dir()
     img = Image(suite="trixie", key="trixie-aaaaaaaaaaaa", dir=tmp_path / "images" / "trixie-aaaaaaaaaaaa")
     img.dir.mkdir(parents=True)
     for f in (img.disk, img.kernel, img.initrd):
         f.write_bytes(b"x")
     (img.dir / "manifest.json").write_text(json.dumps({"built": "b1"}))
-    ident = template.image_identity(img)
+    ident = template_store.image_identity(img)
     gone = _fake_template(root, "gone", ["q"], img={"key": "trixie-000000000000"})
     old_format = _fake_template(root, "old-format", ["q"], img=ident)
     meta = json.loads(old_format.meta_file.read_text())
-    old_format.meta_file.write_text(json.dumps(dict(meta, format=template.FORMAT - 1)))
+    old_format.meta_file.write_text(json.dumps(dict(meta, format=template_store.FORMAT - 1)))
     rebuilt = _fake_template(root, "rebuilt", ["q"], img=dict(ident, built="b0"))
     kept = []
-    for i in range(template.MAX_TEMPLATES + 2):
+    for i in range(template_store.MAX_TEMPLATES + 2):
         t = _fake_template(root, f"t{i}", ["q", str(i)], img=ident)
         (t.dir / "last-used").touch()
         os.utime(t.dir / "last-used", (1000 + i, 1000 + i))
         kept.append(t)
     (root / ".tmp-x-999999999").mkdir()          # staging of a dead process
-    removed = template.prune()
+    removed = template_store.prune()
     assert not gone.dir.exists() and not rebuilt.dir.exists() and not old_format.dir.exists()
     assert not (root / ".tmp-x-999999999").exists()
     alive = sorted(p.name for p in root.iterdir() if p.is_dir())
-    assert alive == sorted(t.key for t in kept[-template.MAX_TEMPLATES:])
+    assert alive == sorted(t.key for t in kept[-template_store.MAX_TEMPLATES:])
     assert any("least recently used" in r for r in removed) and any("image is gone" in r for r in removed)
 
 
@@ -245,13 +245,13 @@ def wide_umask():
 
 def test_write_private_is_0600_from_the_start_and_never_overwrites(tmp_path, wide_umask):
     f = tmp_path / "k"
-    template.write_private(f, b"secret")
+    template_store.write_private(f, b"secret")
     assert stat.S_IMODE(f.stat().st_mode) == 0o600 and f.read_bytes() == b"secret"
     with pytest.raises(FileExistsError):
-        template.write_private(f, b"other")
+        template_store.write_private(f, b"other")
     os.symlink(tmp_path / "elsewhere", tmp_path / "link")
     with pytest.raises(OSError):
-        template.write_private(tmp_path / "link", b"x")
+        template_store.write_private(tmp_path / "link", b"x")
     assert not (tmp_path / "elsewhere").exists()
 
 

@@ -24,6 +24,7 @@ import pytest
 
 from harness import paths
 from harness.bed import passthrough as pt
+from harness.bed import passthrough_facts as pt_facts
 
 SCRIPT = Path(pt.__file__)
 
@@ -52,7 +53,7 @@ def _default_route_nic() -> tuple[str, str]:
 
 
 def _non_nic() -> str:
-    for d in sorted(glob.glob(f"{pt.SYS_PCI}/*")):
+    for d in sorted(glob.glob(f"{pt_facts.SYS_PCI}/*")):
         cls = Path(d, "class").read_text().strip()
         if int(cls, 16) >> 16 == 0x06:          # a bridge (host bridge, PCIe root port)
             return os.path.basename(d)
@@ -60,7 +61,7 @@ def _non_nic() -> str:
 
 
 def _free_addr() -> str:
-    have = {os.path.basename(d) for d in glob.glob(f"{pt.SYS_PCI}/*")}
+    have = {os.path.basename(d) for d in glob.glob(f"{pt_facts.SYS_PCI}/*")}
     return next(f"0000:ee:{s:02x}.0" for s in range(32) if f"0000:ee:{s:02x}.0" not in have)
 
 
