@@ -153,10 +153,11 @@ def cmd_lint(args, extra) -> int:
 
 
 def cmd_report(args) -> int:
+    from harness.report import combine
     from harness.report import run as report
     root = paths.results_dir()
     if args.merge:
-        summary = report.merge_shards([Path(p) for p in args.merge], Path(args.out))
+        summary = combine.merge_shards([Path(p) for p in args.merge], Path(args.out))
         report.append_history(root, summary, Path(args.out))
         print(f"merged {len(args.merge)} shards into {args.out}: {summary['counts']}")
         return 0
@@ -175,7 +176,7 @@ def cmd_report(args) -> int:
 def cmd_matrix(args) -> int:
     """The catalog on a bed of each suite, one after the other; with --diff, each suite's run is diffed against
     the previous suite's (older libvirt first), as `harness diff` would: what changed between the versions."""
-    from harness.report import diff
+    from harness.report import combine, diff
     from harness.report import run as report
     summaries, run_dirs = [], []
     rc = 0
@@ -189,7 +190,7 @@ def cmd_matrix(args) -> int:
             raise HarnessError(f"suite {suite}: the run wrote no results")
         run_dirs.append(paths.results_dir() / new[-1]["run_dir"])
         summaries.append(json.loads((run_dirs[-1] / "summary.json").read_text()))
-    text, html = report.matrix_table(summaries)
+    text, html = combine.matrix_table(summaries)
     out = paths.results_dir()
     (out / "matrix.txt").write_text(text)
     (out / "matrix.html").write_text(html)
@@ -348,7 +349,7 @@ def _new_dir(value: str) -> str:
 
 def _diff_run(value: str) -> str:
     """A finished run folder; the error quotes the value whole (shell-quoted) and says what to pass instead."""
-    from harness.report.diff import nearby
+    from harness.report.diff_model import nearby
     shown = shlex.quote(value)
     if not _is(value, "is_dir"):
         try:

@@ -26,323 +26,26 @@ macvtap (<source dev>), and kernel-numbered names (vnetN, macvtapN, virbrN -> vn
 Known, reviewed differences live in known-differences.yaml at the top of the repository (docs/diff-acks.md):
 a matching difference is counted as acknowledged and not shown; an acknowledgement that matches nothing
 although its scenario was in both runs is reported as stale.
+Modules: diff_model.py (run views, normalisation), diff_acks.py (acknowledgements), this one (comparing,
+the whole diff, text).
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import jsonschema
 
 from harness import paths
-from harness.errors import HarnessError
-
-FORMAT = "harness-diff/1"
-DEFAULT_ACKS = "known-differences.yaml"
-DOC = "docs/diff-acks.md"
-
-#: Every kind of difference, in the order a person reads them within a step.
-KINDS = ("scenario", "verdict", "step-text", "step", "error", "alias", "qemu-id", "state", "device", "xml")
-SCENARIO_KINDS = ("scenario", "verdict")
-
-#: Shown for a value that is not there at all (a device, an attribute, a step that did not run).
-ABSENT = None
-
-
-# --- loading -------------------------------------------------------------------------------------
-
-@dataclass
-class StepView:
-    index: int                       # 0-based, as in summary.json
-    text: str
-    verdict: str                     # "passed" / "failed [check]"
-    aliases: dict[str, str | None]
-    error: str | None                # libvirt's message (raw; normalised when compared)
-    files: dict[str, Path]           # "live" / "inactive" / "qemu-ids" -> artefact
-    xml: dict[str, ET.Element | None] = field(default_factory=dict)   # "live" / "inactive", parsed
-    qemu_ids: set[str] | None = None
-
-
-@dataclass
-class ScenarioView:
-    name: str
-    record: dict
-    verdict: str                     # "passed", "failed at step 2 [libvirt-error]", "skipped", ...
-    steps: list[StepView]
-    artefacts: Path | None           # None: the folder is gone or was never written
-
-
-@dataclass
-class Run:
-    path: Path
-    meta: dict
-    scenarios: dict[str, ScenarioView]
-    leased_pci: set[str] = field(default_factory=set)   # every leased PCI address seen in the run's XML
-
-
-def _fail(path: Path, what: str, hint: str) -> HarnessError:
-    return HarnessError(f"{path}: {what}", hint=hint)
-
-
-def load_run(path: Path | str) -> Run:
-    """A run folder as written by the plugin (summary.json + artefacts/). Bad input is a HarnessError that
-    names the folder or file and the fix."""
-    path = Path(path)
-    if not path.is_dir():
-        raise _fail(path, "no such run folder", f"give a folder under results/ ({nearby(path)})")
-    summary_file = path / "summary.json"
-    if not summary_file.is_file():
-        if (path / "records").is_dir() or (path / "meta.json").is_file():
-            raise _fail(path, "has no summary.json yet: the run is still being written, or it was interrupted",
-                        "wait for the run to finish (or diff a finished run)")
-        raise _fail(path, "is not a run folder (no summary.json)", f"give a folder under results/ ({nearby(path)})")
-    try:
-        summary = json.loads(summary_file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise _fail(summary_file, f"cannot be read as JSON ({e})", "the run's summary.json is damaged; "
-                    "diff another run, or rewrite it from the run's records") from None
-    if not isinstance(summary, dict) or not isinstance(summary.get("scenarios"), list):
-        raise _fail(summary_file, "has no 'scenarios' list", "this is not a summary.json the harness wrote")
-    scenarios = {}
-    for rec in summary["scenarios"]:
-        if not isinstance(rec, dict) or not isinstance(rec.get("scenario"), str):
-            raise _fail(summary_file, "holds a scenario record without a name", "the file is damaged")
-        scenarios[rec["scenario"]] = _scenario(path, rec)
-    run = Run(path=path, meta=summary.get("meta") or {}, scenarios=scenarios)
-    for sv in scenarios.values():
-        for st in sv.steps:
-            for kind in ("live", "inactive"):
-                for el in _devices(st.xml.get(kind)):
-                    a = _source_pci(el)
-                    if a:
-                        run.leased_pci.add(a)
-    return run
-
-
-def nearby(path: Path) -> str:
-    """A hint for a run folder that is not there: the closest name next to it, or the newest runs."""
-    parent = path.parent if path.parent.is_dir() else None
-    if parent is None:
-        return f"{path.parent} does not exist either"
-    runs = sorted(p.name for p in parent.iterdir() if (p / "summary.json").is_file())
-    if not runs:
-        return f"{parent} holds no run folder (runs are folders under results/)"
-    import difflib
-    close = difflib.get_close_matches(path.name, runs, n=1, cutoff=0.5)
-    return f"did you mean {parent / close[0]}?" if close else f"runs there: {', '.join(runs[-4:])}"
-
-
-def _scenario(run_dir: Path, rec: dict) -> ScenarioView:
-    art = None
-    if isinstance(rec.get("artefacts"), str):
-        p = (run_dir / rec["artefacts"]).resolve()
-        if p.is_relative_to(run_dir.resolve()) and p.is_dir():
-            art = p
-    files = sorted(art.iterdir()) if art else []
-    failure = rec.get("failure") or {}
-    steps = []
-    for s in rec.get("steps") or []:
-        if not isinstance(s, dict) or not isinstance(s.get("index"), int):
-            continue
-        i = s["index"]
-        prefix = f"step-{i + 1:02d}-"
-        found = {}
-        for f in files:
-            if f.name.startswith(prefix):
-                for kind in ("live", "inactive"):
-                    if f.name.endswith(f"-{kind}.xml"):
-                        found[kind] = f
-                if f.name.endswith("-qemu-ids.txt"):
-                    found["qemu-ids"] = f
-        error = s.get("error")
-        if error is None and failure.get("step_index") == i:
-            error = failure.get("libvirt_error")
-        verdict = str(s.get("verdict", "passed"))
-        if verdict == "failed" and failure.get("step_index") == i and failure.get("check"):
-            verdict += f" [{failure['check']}]"
-        steps.append(StepView(index=i, text=str(s.get("step", "")), verdict=verdict,
-                              aliases=dict(s.get("aliases") or {}), error=error, files=found,
-                              xml={k: _xml(found.get(k)) for k in ("live", "inactive")},
-                              qemu_ids=_qemu_ids(found.get("qemu-ids"))))
-    return ScenarioView(name=rec["scenario"], record=rec, verdict=_verdict(rec), steps=steps, artefacts=art)
-
-
-def _verdict(rec: dict) -> str:
-    """The scenario's outcome as one comparable string. A pass after a retry counts as a pass (flakiness is
-    `harness report`'s business); a skip reason names the target's version, so only "skipped" is compared."""
-    v = str(rec.get("verdict"))
-    f = rec.get("failure") or {}
-    if v == "failed" and isinstance(f.get("step_index"), int):
-        return f"failed at step {f['step_index'] + 1} [{f.get('check')}]"
-    if v == "error":
-        return f"error [{f.get('check') or 'infrastructure'}]"
-    return v
-
-
-def _xml(path: Path | None) -> ET.Element | None:
-    """A parsed artefact; an unreadable or damaged one counts as missing (a full results disk can leave one)."""
-    if path is None:
-        return None
-    try:
-        return ET.fromstring(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ET.ParseError):
-        return None
-
-
-def _devices(root: ET.Element | None) -> list[ET.Element]:
-    devs = root.find("devices") if root is not None else None
-    return [el for el in devs if el.tag in ("interface", "hostdev")] if devs is not None else []
-
-
-def _pci(addr: ET.Element) -> str | None:
-    try:
-        d, b, s, f = (int(addr.get(k, ""), 0) for k in ("domain", "bus", "slot", "function"))
-    except ValueError:
-        return None
-    return f"{d:04x}:{b:02x}:{s:02x}.{f:x}"
-
-
-def _source_pci(el: ET.Element) -> str | None:
-    addr = el.find("source/address")
-    if addr is None or addr.get("type", "pci") != "pci":
-        return None
-    return _pci(addr)
-
-
-def _qemu_ids(path: Path | None) -> set[str] | None:
-    if path is None:
-        return None
-    try:
-        return {ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()}
-    except (OSError, UnicodeDecodeError):
-        return None
-
-
-# --- normalising what differs on every run by construction --------------------------------------
-
-#: The run tag in every object a run creates: hx-<scenario>-<worker><tag>-<hex> (runner.py), networks
-#: <domain>-<sym> and hx-shared-<forward>-<worker><tag> (shared_networks.py).
-_RUN_TAG = re.compile(r"\b(hx-[A-Za-z0-9._-]*?-)gw\d*[0-9a-f]{4}(?:-[0-9a-f]{4})?(?![0-9a-f])")
-_UUID = re.compile(r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b", re.I)
-_NUMBERED = re.compile(r"\b(vnet|macvtap|macvlan|virbr|tap)\d+\b")
-_MAC = re.compile(r"\b(?:[0-9a-f]{2}:){5}[0-9a-f]{2}\b", re.I)
-_PCI_TEXT = re.compile(r"\b[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]\b", re.I)
-
-
-def generated_macs(domain: str, dev_id: str, tries: int = 4) -> list[str]:
-    """The MACs xmlbuild.Resolved.mac_for can give `dev_id` in a domain of this name (the first, or a
-    later one after a collision)."""
-    out = []
-    for n in range(tries):
-        h = hashlib.sha256((f"{domain}:{dev_id}" + (f":{n}" if n else "")).encode()).digest()
-        out.append("52:54:00:%02x:%02x:%02x" % (h[0], h[1], h[2]))
-    return out
-
-
-@dataclass
-class Norm:
-    """What one scenario's run calls things: device ids by MAC and by device key, and the leased addresses."""
-    domain: str | None = None
-    macs: dict[str, str] = field(default_factory=dict)       # MAC (lower case) -> device id
-    keys: dict[str, str] = field(default_factory=dict)       # source PCI of a plain hostdev -> device id
-    leased: set[str] = field(default_factory=set)
-
-    def text(self, value: str | None) -> str | None:
-        """A libvirt message or attribute value with the per-run parts replaced."""
-        if value is None:
-            return None
-        s = _MAC.sub(lambda m: "{mac:%s}" % self.macs[m.group(0).lower()] if m.group(0).lower() in self.macs
-                     else m.group(0), value)
-        s = _RUN_TAG.sub(r"\1{run}", s)
-        s = _UUID.sub("{uuid}", s)
-        s = _NUMBERED.sub(r"\1{N}", s)
-        return _PCI_TEXT.sub(lambda m: "{leased}" if m.group(0).lower() in self.leased else m.group(0), s)
-
-
-def _norm_for(run: Run, sv: ScenarioView) -> Norm:
-    n = Norm(leased=run.leased_pci)
-    ids = _device_ids(sv)
-    for st in sv.steps:
-        for kind in ("live", "inactive"):
-            root = st.xml.get(kind)
-            if root is not None and n.domain is None:
-                n.domain = (root.findtext("name") or "").strip() or None
-    if n.domain:
-        for i in sorted(ids):
-            for mac in generated_macs(n.domain, i):
-                n.macs.setdefault(mac, i)
-    for st in sv.steps:     # explicit MACs and plain hostdevs: named by the live XML's aliases
-        by_alias = _inverse(st.aliases)
-        for el in _devices(st.xml.get("live")):
-            i = by_alias.get(_alias(el) or "")
-            if i is None:
-                continue
-            mac = _mac(el)
-            if mac:
-                n.macs.setdefault(mac, i)
-            elif _source_pci(el):
-                n.keys.setdefault(_source_pci(el), i)
-    return n
-
-
-def _device_ids(sv: ScenarioView) -> set[str]:
-    """Every device id the scenario may have: the steps' aliases name those in the XML the aliases came from;
-    a config-only attach is named only by its step ("attach u1") and the scenario file."""
-    ids: set[str] = set()
-    for st in sv.steps:
-        ids.update(st.aliases)
-        words = st.text.split()
-        if len(words) == 2 and words[0] in ("attach", "detach", "update", "wait-removed"):
-            ids.add(words[1])
-    f = sv.record.get("file")
-    if isinstance(f, str) and f.endswith((".yaml", ".yml")):
-        try:
-            import yaml
-            ids.update(_ids_in(yaml.safe_load((paths.REPO / f).read_text(encoding="utf-8"))))
-        except Exception:   # the file is gone or changed since the run: the step texts still name most devices
-            pass
-    return ids
-
-
-def _ids_in(data: Any) -> set[str]:
-    if isinstance(data, dict):
-        own = {data["id"]} if isinstance(data.get("id"), str) else set()
-        return own.union(*(_ids_in(v) for v in data.values()))
-    if isinstance(data, list):
-        return set().union(*(_ids_in(v) for v in data))
-    return set()
-
-
-def _inverse(aliases: dict[str, str | None]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    dup = set()
-    for i, a in aliases.items():
-        if a:
-            if a in out:
-                dup.add(a)
-            out[a] = i
-    return {a: i for a, i in out.items() if a not in dup}
-
-
-def _alias(el: ET.Element) -> str | None:
-    a = el.find("alias")
-    return a.get("name") if a is not None else None
-
-
-def _mac(el: ET.Element) -> str | None:
-    m = el.find("mac")
-    return (m.get("address") or "").lower() or None if m is not None else None
+from harness.report.diff_acks import Ack, apply_acks, load_acks
+from harness.report.diff_model import (ABSENT, DEFAULT_ACKS, FORMAT, Norm, Run, ScenarioView,
+                                       StepView, alias_of, devices, inverse, load_run, mac_of, norm_for, show,
+                                       shown_path, source_pci)
 
 
 # --- one device as comparable facts ----------------------------------------------------------------
 
 def _label(el: ET.Element, by_alias: dict[str, str], n: Norm, seen: dict[str, int]) -> str:
-    alias, mac, pci = _alias(el), _mac(el), _source_pci(el)
+    alias, mac, pci = alias_of(el), mac_of(el), source_pci(el)
     label = (by_alias.get(alias or "") or (mac and n.macs.get(mac)) or (pci and n.keys.get(pci))
              or (f"alias {alias}" if alias else None) or (f"mac {n.text(mac)}" if mac else None) or el.tag)
     seen[label] = seen.get(label, 0) + 1
@@ -390,9 +93,9 @@ def _short_element(e: ET.Element, n: Norm, path: str, leased_source: bool, dev: 
 
 
 def _snapshot(root: ET.Element | None, aliases: dict, n: Norm, skip_alias: bool) -> dict[str, dict[str, str]]:
-    by_alias = _inverse(aliases)
+    by_alias = inverse(aliases)
     seen: dict[str, int] = {}
-    return {_label(el, by_alias, n, seen): device_facts(el, n, skip_alias) for el in _devices(root)}
+    return {_label(el, by_alias, n, seen): device_facts(el, n, skip_alias) for el in devices(root)}
 
 
 # --- comparing -----------------------------------------------------------------------------------
@@ -420,7 +123,7 @@ def compare(a: Run, b: Run) -> tuple[list[dict], list[str]]:
 def compare_scenario(ra: Run, a: ScenarioView, rb: Run, b: ScenarioView, notes: list[str]) -> list[dict]:
     out = []
     name = a.name
-    na, nb = _norm_for(ra, a), _norm_for(rb, b)
+    na, nb = norm_for(ra, a), norm_for(rb, b)
     if a.verdict != b.verdict:
         d = _diff(name, "verdict", a.verdict, b.verdict)
         why = [f"{tag}: {n.text(_first_line(s.record))}" for tag, s, n in (("A", a, na), ("B", b, nb))
@@ -546,204 +249,6 @@ def _fact_order(key: str) -> tuple:
     return (path, 0 if key.startswith("<") else 1, key)
 
 
-# --- acknowledged differences --------------------------------------------------------------------
-
-ACK_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "description": "a mapping with one key, `acknowledged:`, holding a list of reviewed differences",
-    "additionalProperties": False,
-    "required": ["acknowledged"],
-    "properties": {
-        "acknowledged": {"type": "array", "items": {"$ref": "#/$defs/ack"},
-                         "description": "a list of reviewed differences, one mapping each"},
-    },
-    "$defs": {
-        "ack": {
-            "type": "object",
-            "additionalProperties": False,
-            "required": ["scenario", "kind", "reason"],
-            "properties": {
-                "scenario": {"type": "string", "pattern": r"^(\*|[a-z0-9][a-z0-9-]*)$",
-                             "description": "a scenario name, or '*' for every scenario"},
-                "step": {"anyOf": [{"type": "integer", "minimum": 1}, {"const": "*"}],
-                         "description": "the step number as the diff prints it (from 1), or '*' (the default)"},
-                "kind": {"enum": list(KINDS), "description": f"the kind of difference (see {DOC})"},
-                "subject": {"type": "string", "minLength": 1,
-                            "description": "what differs, as the diff prints it (a device id, 'live n1: driver@name', "
-                                           "a QEMU id), exact or 're:<regex>'"},
-                "from": {"type": ["string", "null"],
-                         "description": "the value in RUN_A, exact or 're:<regex>'; null: absent in RUN_A"},
-                "to": {"type": ["string", "null"],
-                       "description": "the value in RUN_B, exact or 're:<regex>'; null: absent in RUN_B"},
-                "libvirt": {"type": "object", "additionalProperties": False,
-                            "properties": {"a": {"type": "string", "minLength": 1}, "b": {"type": "string", "minLength": 1}},
-                            "description": "only when the runs' libvirt versions match, e.g. {a: '<10', b: '>=11'}"},
-                "reason": {"type": "string", "minLength": 1, "maxLength": 200, "pattern": r"^[^\n]*\S[^\n]*$",
-                           "description": "one line: why this difference is expected"},
-            },
-        },
-    },
-}
-
-
-@dataclass
-class Ack:
-    line: int
-    entry: dict
-    file: str
-    matched: int = 0
-
-    def field(self, key: str) -> Any:
-        return self.entry.get(key)
-
-    def describe(self) -> str:
-        e = self.entry
-        parts = [e["scenario"], f"step {e.get('step', '*')}", e["kind"]]
-        if "subject" in e:
-            parts.append(e["subject"])
-        if "from" in e or "to" in e:
-            parts.append(f"{_show(e.get('from'))} -> {_show(e.get('to'))}")
-        return " ".join(str(p) for p in parts)
-
-
-def load_acks(path: Path | str) -> list[Ack]:
-    """The acknowledgements file, validated; a problem is a located error (file:line:column, hint, snippet)
-    like the scenario loader's."""
-    from harness.scenario import loader as L
-    name = str(path)
-    try:
-        raw = Path(path).read_bytes()
-    except OSError as e:
-        raise L.ScenarioError(f"cannot read the acknowledgements file: {e.strerror or e}",
-                              "check the path (default: known-differences.yaml at the top of the repository)",
-                              file=name) from None
-    ld = L._Loader(name, raw)
-    if len(raw) > L.MAX_BYTES:
-        raise ld.error(1, 1, f"the file is larger than {L.MAX_BYTES >> 10} KiB", "acknowledge fewer, broader differences")
-    text = ld.decode()
-    ld.lines = L._split_lines(text)
-    root = ld.compose(text)
-    if root is None:
-        raise ld.error(1, 1, "the file is empty", f"start it with `acknowledged: []`; see {DOC}")
-    data = ld.build(root, (), 0, set())
-    rank = {"additionalProperties": 0, "required": 2, "anyOf": 2}
-    errors = sorted(jsonschema.Draft202012Validator(ACK_SCHEMA).iter_errors(data),
-                    key=lambda e: (ld.mark(tuple(e.absolute_path)).line, -len(e.absolute_path),
-                                   rank.get(e.validator, 1)))
-    if errors:
-        raise _ack_error(ld, errors, data)
-    acks = []
-    for i, entry in enumerate(data["acknowledged"]):
-        for key in ("subject", "from", "to"):
-            v = entry.get(key)
-            if isinstance(v, str) and v.startswith("re:"):
-                try:
-                    re.compile(v[3:])
-                except re.error as e:
-                    raise ld.at(("acknowledged", i, key), f"acknowledgement {i + 1} {key}: bad regular expression "
-                                f"({e})", "write a Python regular expression after 're:', or drop 're:' for an "
-                                "exact value") from None
-        for side, spec in (entry.get("libvirt") or {}).items():
-            try:
-                L.parse_version_constraint(spec)
-            except ValueError as e:
-                raise ld.at(("acknowledged", i, "libvirt", side), f"acknowledgement {i + 1} libvirt.{side}: {e}",
-                            "e.g. '>=11.0' or '>=9.0, <10'") from None
-        if entry["kind"] in SCENARIO_KINDS and entry.get("step", "*") != "*":
-            raise ld.at(("acknowledged", i, "step"), f"acknowledgement {i + 1}: kind '{entry['kind']}' is about "
-                        "a whole scenario, it has no step", "remove `step:` (or use another kind)", key=True)
-        acks.append(Ack(line=ld.mark(("acknowledged", i)).line, entry=entry, file=_shown_path(name)))
-    return acks
-
-
-def _ack_error(ld, errors: list, data: Any):
-    from harness.scenario import loader as L
-    e = errors[0]
-    path = tuple(e.absolute_path)
-    where = f"acknowledgement {path[1] + 1}" if len(path) >= 2 and path[0] == "acknowledged" else "the file"
-    field_name = ".".join(str(p) for p in path[2:])
-    subject = f"{where} {field_name}".strip() if field_name else where
-    described = e.schema.get("description") or f"see {DOC}"
-    v, inst = e.validator, e.instance
-    if v == "additionalProperties":
-        allowed = list(e.schema.get("properties", {}))
-        extra = [k for k in inst if k not in allowed][0]
-        return ld.at(path + (extra,), f"unknown key '{extra}' in {subject}",
-                     L._did_you_mean(extra, allowed) + f"allowed: {', '.join(allowed)}", key=True)
-    if v == "required":
-        missing = next(k for k in e.validator_value if k not in inst)
-        hint = (e.schema.get("properties", {}).get(missing) or {}).get("description") or described
-        if missing == "acknowledged":
-            hint = f"the file is a mapping with one key, `acknowledged:`, holding a list; see {DOC}"
-        return ld.at(path, f"missing key '{missing}' in {subject}", hint)
-    if v == "type":
-        want = e.validator_value if isinstance(e.validator_value, list) else [e.validator_value]
-        return ld.at(path, f"{subject}: expected {' or '.join(L._JSON_TYPES.get(t, t) for t in want)}, "
-                     f"got {L._type_name(inst)}", described)
-    if v in ("enum", "const"):
-        allowed = [str(x) for x in (e.validator_value if v == "enum" else [e.validator_value])]
-        return ld.at(path, f"{subject}: {L._short(inst)} is not allowed",
-                     L._did_you_mean(str(inst), allowed) + f"allowed: {', '.join(allowed)}")
-    if v == "anyOf":
-        return ld.at(path, f"{subject}: {L._short(inst)} is not allowed", described)
-    if v == "pattern":
-        return ld.at(path, f"{subject}: {L._short(inst)} is not valid", described)
-    if v == "minLength":
-        return ld.at(path, f"{subject} is empty", described)
-    if v == "maxLength":
-        return ld.at(path, f"{subject} is too long (at most {e.validator_value} characters)", described)
-    return ld.at(path, f"{subject}: {e.message}", described)
-
-
-def _match(spec: Any, value: Any) -> bool:
-    if isinstance(spec, str) and spec.startswith("re:"):
-        return value is not None and re.search(spec[3:], str(value)) is not None
-    return spec == value
-
-
-def _applies(ack: Ack, a: Run, b: Run) -> bool:
-    from harness.scenario.loader import version_satisfies
-    for side, run in (("a", a), ("b", b)):
-        spec = (ack.field("libvirt") or {}).get(side)
-        if spec:
-            try:
-                if not version_satisfies(str(run.meta.get("libvirt", "")), spec):
-                    return False
-            except ValueError:
-                return False
-    sc = ack.field("scenario")
-    if sc == "*":
-        return True
-    if ack.field("kind") == "scenario":
-        return sc in a.scenarios or sc in b.scenarios
-    return sc in a.scenarios and sc in b.scenarios
-
-
-def _ack_matches(ack: Ack, d: dict) -> bool:
-    e = ack.entry
-    if e["scenario"] not in ("*", d["scenario"]) or e["kind"] != d["kind"]:
-        return False
-    if e.get("step", "*") != "*" and e["step"] != d["step"]:
-        return False
-    if "subject" in e and not _match(e["subject"], d["subject"]):
-        return False
-    return all(key not in e or _match(e[key], d[side]) for key, side in (("from", "a"), ("to", "b")))
-
-
-def apply_acks(diffs: list[dict], acks: list[Ack], a: Run, b: Run) -> tuple[list[dict], list[Ack]]:
-    """Mark every difference an acknowledgement covers (`ack`: file, line, reason); return the differences
-    and the stale acknowledgements (applicable to these runs, matching nothing)."""
-    live = [k for k in acks if _applies(k, a, b)]
-    for d in diffs:
-        d["ack"] = None
-        for k in live:
-            if _ack_matches(k, d):
-                k.matched += 1
-                if d["ack"] is None:
-                    d["ack"] = {"file": k.file, "line": k.line, "reason": k.entry["reason"]}
-    return diffs, [k for k in live if not k.matched]
-
-
 # --- the whole diff ------------------------------------------------------------------------------
 
 def _run_info(run: Run) -> dict:
@@ -763,7 +268,7 @@ def diff_runs(a_dir: Path | str, b_dir: Path | str, acks_file: Path | str | None
     return {
         "format": FORMAT,
         "a": _run_info(a), "b": _run_info(b),
-        "acks_file": _shown_path(acks_file) if acks_file is not None else None,
+        "acks_file": shown_path(acks_file) if acks_file is not None else None,
         "counts": {"differences": len(diffs), "new": len(new), "acknowledged": len(diffs) - len(new),
                    "stale_acks": len(stale), "scenarios_compared": len(both),
                    "only_in_a": len(a.scenarios.keys() - b.scenarios.keys()),
@@ -772,14 +277,6 @@ def diff_runs(a_dir: Path | str, b_dir: Path | str, acks_file: Path | str | None
         "stale_acks": [{"file": k.file, "line": k.line, "ack": k.entry, "reason": k.entry["reason"]} for k in stale],
         "notes": notes,
     }
-
-
-def _shown_path(p: Path | str) -> str:
-    """A path as a person typed it: relative to the current folder when it is inside it."""
-    try:
-        return str(Path(p).resolve().relative_to(Path.cwd().resolve()))
-    except (OSError, ValueError):
-        return str(p)
 
 
 def exit_code(result: dict) -> int:
@@ -794,15 +291,6 @@ def default_acks() -> Path | None:
 
 # --- text ----------------------------------------------------------------------------------------
 
-def _show(v: Any, width: int = 100, quote: bool = False) -> str:
-    if v is None:
-        return "(absent)"
-    s = str(v)
-    if len(s) > width:
-        s = s[:width - 3] + "..."
-    return json.dumps(s, ensure_ascii=False) if quote or " -> " in s or s != s.strip() or not s else s
-
-
 def _run_line(tag: str, r: dict) -> str:
     return (f"{tag}: {r['run_dir']}  ({r.get('suite')}, libvirt {r.get('libvirt')}, QEMU {r.get('qemu')}; "
             f"run {r.get('run_id')})")
@@ -811,7 +299,7 @@ def _run_line(tag: str, r: dict) -> str:
 def _diff_line(d: dict) -> str:
     what = f"{d['subject']}: " if d["subject"] else ""
     q = d["kind"] in ("error", "step-text")
-    return f"{d['kind']:<9} {what}{_show(d['a'], quote=q)} -> {_show(d['b'], quote=q)}"
+    return f"{d['kind']:<9} {what}{show(d['a'], quote=q)} -> {show(d['b'], quote=q)}"
 
 
 def _not_run(d: dict) -> bool:

@@ -13,6 +13,7 @@ from harness import cli
 from harness.engine.xmlbuild import Resolved
 from harness.errors import HarnessError
 from harness.report import diff as D
+from harness.report import diff_model
 from harness.scenario.loader import ScenarioError
 
 SEED_STEPS = [("start", ["hn0"]), ("attach n1", ["hn0", "n1"]), ("attach u1", ["hn0", "n1", "u1"]),
@@ -152,7 +153,7 @@ def test_generated_macs_are_the_ones_xmlbuild_gives():
     """The diff recomputes the harness's MACs to know devices by id: it must follow xmlbuild."""
     for dom in ("hx-seed-gw05556-1855", "hx-x-gw1abcd-0000"):
         for dev in ("hn0", "n1", "p2"):
-            assert Resolved(salt=dom).mac_for(dev) == D.generated_macs(dom, dev)[0]
+            assert Resolved(salt=dom).mac_for(dev) == diff_model.generated_macs(dom, dev)[0]
 
 
 def test_names_of_the_run_are_normalised():

@@ -13,7 +13,7 @@ import pytest
 from filelock import FileLock
 
 from harness.errors import HarnessError
-from harness.report import run
+from harness.report import combine, run
 from harness.report.html import slug
 
 # Assembled at run time so the repository itself never holds a private-key block.
@@ -259,7 +259,7 @@ def test_merge_shards_combines_summaries_junit_and_artefacts(tmp_path):
                finished="2026-11-26T07:40:00+00:00")
     b = _shard(tmp_path, "2/2", [rec("c", "skipped")], 1, 0, started="2026-11-26T07:14:00+00:00")
     out = tmp_path / "merged"
-    merged = run.merge_shards([a, b], out)
+    merged = combine.merge_shards([a, b], out)
 
     assert [s["scenario"] for s in merged["scenarios"]] == ["a", "b", "c"]
     assert merged["counts"] == {"passed": 1, "failed": 1, "skipped": 1, "error": 0, "flaky": 0}
@@ -280,7 +280,7 @@ def test_merge_shards_rejects_scenario_in_two_shards(tmp_path):
     a = _shard(tmp_path, "1/2", [rec("a"), rec("dup")], 2, 0)
     b = _shard(tmp_path, "2/2", [rec("dup", "failed")], 1, 1)
     with pytest.raises(HarnessError, match="'dup' is in two shards"):
-        run.merge_shards([a, b], tmp_path / "merged")
+        combine.merge_shards([a, b], tmp_path / "merged")
     assert not (tmp_path / "merged").exists()
 
 
@@ -288,20 +288,20 @@ def test_merge_shards_rejects_different_libvirt(tmp_path):
     a = _shard(tmp_path, "1/2", [rec("a")], 1, 0)
     b = _shard(tmp_path, "2/2", [rec("b")], 1, 0, libvirt="11.4.0")
     with pytest.raises(HarnessError, match="disagree on libvirt.*11.3.0.*11.4.0"):
-        run.merge_shards([a, b], tmp_path / "merged")
+        combine.merge_shards([a, b], tmp_path / "merged")
 
 
 def test_merge_shards_refuses_non_empty_output(tmp_path):
     a = _shard(tmp_path, "1/1", [rec("a")], 1, 0)
     with pytest.raises(HarnessError, match="not empty"):
-        run.merge_shards([a], a)
+        combine.merge_shards([a], a)
 
 
 def test_merge_shards_refuses_artefacts_outside_shard(tmp_path):
     a = tmp_path / "shard"
     run.write_run(a, meta(), [rec("a", artefacts="../../etc")])
     with pytest.raises(HarnessError, match="leaves the run dir"):
-        run.merge_shards([a], tmp_path / "merged")
+        combine.merge_shards([a], tmp_path / "merged")
 
 
 # --- matrix ------------------------------------------------------------------------------------
@@ -309,7 +309,7 @@ def test_merge_shards_refuses_artefacts_outside_shard(tmp_path):
 def test_matrix_table_text_and_html():
     old = summary({"a": "passed", "b": "failed", "c": "skipped"}, suite="bookworm", libvirt="9.0.0")
     new = summary({"a": ("passed", 2), "b": "passed", "d": "error"}, suite="trixie", libvirt="11.3.0")
-    text, page = run.matrix_table([old, new])
+    text, page = combine.matrix_table([old, new])
     assert text.splitlines() == [
         "scenario  bookworm 9.0.0  trixie 11.3.0",
         "--------  --------------  -------------",
@@ -323,7 +323,7 @@ def test_matrix_table_text_and_html():
 
 
 def test_matrix_table_tells_same_version_runs_apart():
-    text, _ = run.matrix_table([summary({"a": "passed"}, run_id="r1"), summary({"a": "failed"}, run_id="r2")])
+    text, _ = combine.matrix_table([summary({"a": "passed"}, run_id="r1"), summary({"a": "failed"}, run_id="r2")])
     assert text.splitlines()[0] == "scenario  trixie 11.3.0 (r1)  trixie 11.3.0 (r2)"
 
 
@@ -491,7 +491,7 @@ def test_merge_redacts_junit_and_copied_artefacts(tmp_path):
     (a / "artefacts" / "a" / "qemu.log").write_text(f"-drive ... {URI}\n{KEY}\n")
     (a / "artefacts" / "a" / "blob.bin").write_bytes(b"\xff\xfe\x00binary")
     out = tmp_path / "merged"
-    run.merge_shards([a], out)
+    combine.merge_shards([a], out)
     for f in ("junit.xml", "artefacts/a/qemu.log"):
         text = (out / f).read_text()
         assert "id_ed25519" not in text and "PRIVATE KEY" not in text, f
