@@ -20,7 +20,9 @@ import shutil
 import time
 
 from harness import paths  # noqa: E402
-from harness.libvirt_build import bisect as bisect_mod, build as build_mod, chroot, install, mutants, sub  # noqa: E402
+from harness.libvirt_build import bisect as bisect_mod  # noqa: E402
+from harness.libvirt_build import build as build_mod
+from harness.libvirt_build import chroot, install, mutants, sub
 
 
 def main() -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import lzma
 import os
 import shutil
 import subprocess
@@ -269,7 +270,6 @@ def guest_kernel(vmlinuz: Path, out: Path) -> str:
     loads an ELF with a PVH note directly (Debian builds CONFIG_PVH=y). Falls back to the bzImage itself
     when no known stream unpacks to an ELF. Returns "elf" or "bzimage".
     """
-    import lzma
     data = vmlinuz.read_bytes()
     for magic, codec in _KERNEL_CODECS.items():
         at = data.find(magic)

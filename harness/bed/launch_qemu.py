@@ -13,9 +13,8 @@ import subprocess
 import time
 
 from harness.bed import image as image_mod
-from harness.bed import qemu
+from harness.bed import qemu, template_store
 from harness.bed import template as template_mod
-from harness.bed import template_store
 from harness.bed.image import Image
 from harness.bed.launcher import Launcher, UpOptions, serial_tail
 from harness.bed.state import BedInfo

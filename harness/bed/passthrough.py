@@ -50,6 +50,7 @@ the driver rule above refuses NICs whose interface it cannot see.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -308,7 +309,6 @@ def refusals(addrs: list[str], pool: list[str] | None = None, **kw) -> list[str]
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
     ap = argparse.ArgumentParser(description="Refuse host PCI devices that are unsafe to pass through.")
     ap.add_argument("addrs", nargs="+", metavar="ADDR", help="PCI address, DDDD:BB:SS.F")
     ap.add_argument("--pool", help="comma-separated declared pool (default: HX_PASSTHROUGH); "

@@ -17,6 +17,7 @@ import time
 
 from harness.bed import accel as accel_mod
 from harness.bed.image import Image
+from harness.bed.qmp import QMP
 from harness.bed.state import BedInfo
 from harness.errors import HarnessError
 
@@ -136,7 +137,6 @@ def stop(bed: BedInfo, grace: float = 10.0) -> bool:
     """Stop the bed's QEMU: quit over QMP, then SIGTERM, then SIGKILL. True if one was running."""
     if not alive(bed.pid):
         return False
-    from harness.bed.qmp import QMP
     try:
         with QMP(str(bed.path / "qmp.sock"), timeout=3) as q:
             q.cmd("quit")
@@ -159,7 +159,6 @@ def stop(bed: BedInfo, grace: float = 10.0) -> bool:
 def status(bed: BedInfo) -> str:
     if not alive(bed.pid):
         return "not running"
-    from harness.bed.qmp import QMP
     try:
         with QMP(str(bed.path / "qmp.sock"), timeout=3) as q:
             return q.cmd("query-status").get("return", {}).get("status", "?")

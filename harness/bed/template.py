@@ -36,11 +36,11 @@ from pathlib import Path
 from filelock import Timeout
 
 from harness.bed import qemu
+from harness.bed import template_store as store
 from harness.bed.image import Image
 from harness.bed.qmp import QMP
 from harness.bed.state import BedInfo
-from harness.bed.template_store import (FORMAT, Template, TemplateBusy, TemplateError, discard, discard_locked,
-                                        file_id, for_key, key_for, lock, prune, templates_dir, usable)
+from harness.bed.template_store import FORMAT, Template, TemplateBusy, TemplateError
 from harness.errors import HarnessError
 from harness.progress import say
 
@@ -184,21 +184,21 @@ def capture(bed: BedInfo, img: Image, cmd: list[str], lock_timeout: float = 60.0
     running on its own overlay after a pause of a few seconds. Returns what was done, or None if a
     template was already there. Never raises for a failed capture: the bed is fine, the template is not
     made (a warning says why)."""
-    key, hw, qid, iid = key_for(bed, img, cmd)
-    tpl = for_key(key)
+    key, hw, qid, iid = store.key_for(bed, img, cmd)
+    tpl = store.for_key(key)
     try:
-        lk = lock(key)
+        lk = store.lock(key)
         lk.acquire(timeout=lock_timeout)
     except Timeout:
         say(f"bed {bed.name}: another process is making template {key}; not waiting longer", warn=True)
         return None
-    staging = templates_dir() / f".tmp-{key}-{os.getpid()}"
+    staging = store.templates_dir() / f".tmp-{key}-{os.getpid()}"
     try:
-        why = usable(tpl, hw, qid, iid) if tpl.dir.exists() else None
+        why = store.usable(tpl, hw, qid, iid) if tpl.dir.exists() else None
         if tpl.dir.exists() and why is None:
             return None
         if tpl.dir.exists():
-            discard_locked(tpl, why=why)
+            store.discard_locked(tpl, why=why)
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(mode=0o700)
         # The template's own client key, authorized in the saved moment only: the origin bed drops it
@@ -228,7 +228,7 @@ def capture(bed: BedInfo, img: Image, cmd: list[str], lock_timeout: float = 60.0
         created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()) + f"/{os.getpid()}/{time.monotonic_ns()}"
         meta = {"format": FORMAT, "key": key, "suite": bed.suite, "created": created, "origin_bed": bed.name,
                 "hw": hw, "qemu": qid, "image": iid,
-                "disk_id": file_id(staging / "disk.qcow2"), "state_id": file_id(staging / "state.mig"),
+                "disk_id": store.file_id(staging / "disk.qcow2"), "state_id": store.file_id(staging / "state.mig"),
                 "state_bytes": (staging / "state.mig").stat().st_size, "paused_s": round(paused, 2),
                 "migrate": stats}
         (staging / "meta.json").write_text(json.dumps(meta, indent=2))
@@ -241,7 +241,7 @@ def capture(bed: BedInfo, img: Image, cmd: list[str], lock_timeout: float = 60.0
     finally:
         if lk.is_locked:
             lk.release()
-    for line in prune(keep=key):
+    for line in store.prune(keep=key):
         say(f"template {line}: removed")
     return {"template": key, "paused_s": round(paused, 2), "state_bytes": meta["state_bytes"]}
 
@@ -285,13 +285,13 @@ def _save(bed: BedInfo, staging: Path) -> dict:
 
 def find(bed: BedInfo, img: Image, cmd: list[str]) -> tuple[Template | None, str]:
     """The usable template for this bed's hardware, or None and why not."""
-    key, hw, qid, iid = key_for(bed, img, cmd)
-    tpl = for_key(key)
+    key, hw, qid, iid = store.key_for(bed, img, cmd)
+    tpl = store.for_key(key)
     if not tpl.ready():
         return None, f"no template {key} yet"
-    why = usable(tpl, hw, qid, iid)
+    why = store.usable(tpl, hw, qid, iid)
     if why:
-        discard(tpl, why=why)
+        store.discard(tpl, why=why)
         return None, f"template {key} was unusable ({why})"
     return tpl, ""
 
@@ -309,10 +309,10 @@ def restore(bed: BedInfo, img: Image, tpl: Template, deadline: float | None = No
     t0 = time.monotonic()
     overlay = qemu.overlay_path(bed)
     cmd = qemu.command(bed, img, overlay, incoming=True)
-    key, hw, qid, iid = key_for(bed, img, cmd)
+    key, hw, qid, iid = store.key_for(bed, img, cmd)
     if key != tpl.key:
         raise TemplateError(f"template {tpl.key} is not for this hardware ({key})")
-    lk = lock(tpl.key)
+    lk = store.lock(tpl.key)
     try:
         lk.acquire(timeout=left(60))
     except Timeout:
@@ -320,7 +320,7 @@ def restore(bed: BedInfo, img: Image, tpl: Template, deadline: float | None = No
             f"template {tpl.key} stayed locked (another process is saving or discarding it)") from None
     q = None
     try:            # not discarded or replaced until QEMU has its files open
-        why = usable(tpl, hw, qid, iid)
+        why = store.usable(tpl, hw, qid, iid)
         if why:
             raise TemplateError(why)
         created = tpl.meta.get("created")

@@ -46,8 +46,17 @@ from harness.bed import image as image_mod
 from harness.bed import passthrough, qemu
 from harness.bed.launcher import Launcher, UpOptions
 from harness.bed.state import BedInfo
-from harness.bed.vagrant_ns import (kill_netns, libvirt_uri, lv_dir, netns_exists, ns_name, nsexec, read_pid,
-                                    run, start_daemons)
+from harness.bed.vagrant_ns import (
+    kill_netns,
+    libvirt_uri,
+    lv_dir,
+    netns_exists,
+    ns_name,
+    nsexec,
+    read_pid,
+    run,
+    start_daemons,
+)
 from harness.errors import HarnessError
 from harness.progress import say
 

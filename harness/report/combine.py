@@ -14,7 +14,6 @@ from harness.errors import HarnessError
 from harness.report import html as html_report
 from harness.report.run import copy_redacted, is_flaky, load_summary, redact, write_atomic, write_run
 
-
 # --- shards ------------------------------------------------------------------------------------
 
 def _check_same_run(summaries: list[tuple[Path, dict]]) -> None:

@@ -37,10 +37,24 @@ from pathlib import Path
 
 from harness import paths
 from harness.report.diff_acks import Ack, apply_acks, load_acks
-from harness.report.diff_model import (ABSENT, DEFAULT_ACKS, FORMAT, Norm, Run, ScenarioView,
-                                       StepView, alias_of, devices, inverse, load_run, mac_of, norm_for, show,
-                                       shown_path, source_pci)
-
+from harness.report.diff_model import (
+    ABSENT,
+    DEFAULT_ACKS,
+    FORMAT,
+    Norm,
+    Run,
+    ScenarioView,
+    StepView,
+    alias_of,
+    devices,
+    inverse,
+    load_run,
+    mac_of,
+    norm_for,
+    show,
+    shown_path,
+    source_pci,
+)
 
 # --- one device as comparable facts ----------------------------------------------------------------
 

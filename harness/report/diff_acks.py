@@ -13,8 +13,9 @@ from typing import Any
 
 import jsonschema
 
-
 from harness.report.diff_model import DOC, KINDS, SCENARIO_KINDS, Run, show, shown_path
+from harness.scenario import loader as L
+from harness.scenario.loader import version_satisfies
 
 ACK_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -77,7 +78,6 @@ class Ack:
 def load_acks(path: Path | str) -> list[Ack]:
     """The acknowledgements file, validated; a problem is a located error (file:line:column, hint, snippet)
     like the scenario loader's."""
-    from harness.scenario import loader as L
     name = str(path)
     try:
         raw = Path(path).read_bytes()
@@ -125,7 +125,6 @@ def load_acks(path: Path | str) -> list[Ack]:
 
 
 def _ack_error(ld, errors: list, data: Any):
-    from harness.scenario import loader as L
     e = errors[0]
     path = tuple(e.absolute_path)
     where = f"acknowledgement {path[1] + 1}" if len(path) >= 2 and path[0] == "acknowledged" else "the file"
@@ -170,7 +169,6 @@ def _match(spec: Any, value: Any) -> bool:
 
 
 def _applies(ack: Ack, a: Run, b: Run) -> bool:
-    from harness.scenario.loader import version_satisfies
     for side, run in (("a", a), ("b", b)):
         spec = (ack.field("libvirt") or {}).get(side)
         if spec:

@@ -7,6 +7,7 @@ difference kinds lives here for the same reason. See diff.py's docstring for wha
 """
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import re
@@ -15,10 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
 
 from harness import paths
 from harness.errors import HarnessError
-
 
 FORMAT = "harness-diff/1"
 DEFAULT_ACKS = "known-differences.yaml"
@@ -110,7 +111,6 @@ def nearby(path: Path) -> str:
     runs = sorted(p.name for p in parent.iterdir() if (p / "summary.json").is_file())
     if not runs:
         return f"{parent} holds no run folder (runs are folders under results/)"
-    import difflib
     close = difflib.get_close_matches(path.name, runs, n=1, cutoff=0.5)
     return f"did you mean {parent / close[0]}?" if close else f"runs there: {', '.join(runs[-4:])}"
 
@@ -280,7 +280,6 @@ def _device_ids(sv: ScenarioView) -> set[str]:
     f = sv.record.get("file")
     if isinstance(f, str) and f.endswith((".yaml", ".yml")):
         try:
-            import yaml
             ids.update(_ids_in(yaml.safe_load((paths.REPO / f).read_text(encoding="utf-8"))))
         except Exception:   # the file is gone or changed since the run: the step texts still name most devices
             pass

@@ -21,7 +21,7 @@ import pytest
 from harness.bed import image, lifecycle, qemu, state, template, template_store
 from harness.errors import HarnessError
 from harness.libvirt_build.source import _sha256 as sha256
-from test_bed import qemu_pids   # one /proc scan for both bed test modules
+from test_bed import qemu_pids  # one /proc scan for both bed test modules
 
 pytestmark = [pytest.mark.bed, pytest.mark.slow]
 

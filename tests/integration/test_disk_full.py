@@ -40,7 +40,7 @@ def kept_session_dirs(out: str) -> list[Path]:
     return sorted({Path(m) for m in re.findall(beds + r"/session-[^/\s]+\.(?:spill|staging)", out)})
 
 
-def test_full_results_disk_keeps_verdicts_and_the_run_cleans_the_bed(tmp_path, bed):
+def test_full_results_disk_keeps_verdicts_and_the_run_cleans_the_bed(tmp_path, bed):  # noqa: F811  (the fixture)
     results = tmp_path / NAME / "results"          # the child's --results-dir (see Child)
     with small_tmpfs(results, size="1m"):
         fill(results, leave=12 * 1024)             # room for meta.json, not for the artefacts

@@ -48,7 +48,8 @@ def vagrant_bed():
     why = _have_tools()
     if why:
         pytest.skip(why)
-    from harness.bed import lifecycle, state as state_mod
+    from harness.bed import lifecycle
+    from harness.bed import state as state_mod
 
     t0 = time.monotonic()
     try:

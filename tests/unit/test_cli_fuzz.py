@@ -246,7 +246,7 @@ def bad_argv(draw):
         elif kind == "bad_command":    # the argv ends at the unknown command word: nothing else matters
             level = draw(st.integers(0, len(path) - 1))
             group = GROUPS[path[:level]]
-            v = draw(junk_text.filter(lambda s: s not in _subparsers(group).choices and not s.startswith("-")))
+            v = draw(junk_text.filter(lambda s, group=group: s not in _subparsers(group).choices and not s.startswith("-")))
             return list(path[:level]) + [v], {escape(repr(v))}
         else:   # truncated: a command group without its subcommand
             return list(path[:draw(st.integers(0, len(path) - 1))]), {"the following arguments are required"}

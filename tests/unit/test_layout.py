@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import ast
 import importlib
+import tomllib
 from pathlib import Path
 
 import pytest
+
+import harness
 
 REPO = Path(__file__).resolve().parents[2]
 PKG = REPO / "harness"
@@ -80,3 +83,12 @@ def test_module_is_small(name):
         assert lines > MAX_LINES, f"{rel} has {lines} lines now: take it off NOT_YET_SPLIT"
     else:
         assert lines <= MAX_LINES, f"{rel} has {lines} lines (at most {MAX_LINES}): split it by concept"
+
+
+def test_the_version_is_in_one_place():
+    """harness/__init__.py's __version__ is the version; pyproject.toml reads it from there (run records and the
+    package metadata cannot disagree)."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    assert "version" not in project["project"] and "version" in project["project"]["dynamic"]
+    assert project["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "harness.__version__"}
+    assert harness.__version__.count(".") == 2, harness.__version__

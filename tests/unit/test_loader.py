@@ -9,7 +9,13 @@ import jsonschema
 import pytest
 
 from harness.scenario.loader import (
-    SCHEMA_PATH, ScenarioError, actions, check_unique_names, load_file, load_text, parse_version_constraint,
+    SCHEMA_PATH,
+    ScenarioError,
+    actions,
+    check_unique_names,
+    load_file,
+    load_text,
+    parse_version_constraint,
     version_satisfies,
 )
 from harness.scenario.model import Device, Mark

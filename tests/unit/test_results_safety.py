@@ -224,8 +224,8 @@ def test_artefacts_from_the_bed_are_redacted(monkeypatch, tmp_path):
 
 # --- the run's summary on a full disk: records kept until it is written (item 2) ----------------
 
-from harness.plugin import HarnessSession          # noqa: E402
-from harness.report import run as report           # noqa: E402
+from harness.plugin import HarnessSession  # noqa: E402
+from harness.report import run as report  # noqa: E402
 
 URI = "qemu+ssh://root@127.0.0.1:2222/system?keyfile=/home/ci/.cache/beds/trixie/id_ed25519&no_verify=1"
 URI_XML = URI.replace("&", "&amp;")     # as it stands in junit.xml

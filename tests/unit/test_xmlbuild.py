@@ -520,7 +520,7 @@ def test_generated_xml_is_valid_for_libvirt(tmp_path):
         "net-nat.xml": ("network", xmlbuild.network_xml("n", Network("n", "nat"), resolved(), 4)),
         "net-iso.xml": ("network", xmlbuild.network_xml("i", Network("i", "isolated"), resolved(), 5)),
     }
-    for name, (schema, text) in docs.items():
+    for name, (_schema, text) in docs.items():
         (tmp_path / name).write_text(text)
     for schema in ("domain", "network"):
         files = [str(tmp_path / n) for n, (s, _) in docs.items() if s == schema]
