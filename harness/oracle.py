@@ -14,7 +14,7 @@ from harness import aliases
 
 #: Device elements libvirt never gives an alias.
 NO_ALIAS = {"emulator", "audio", "graphics"}
-STABLE_STEPS = {"restart-daemon", "suspend-resume", "save-restore", "managedsave-start", "check"}
+STABLE_STEPS = {"restart-daemon", "upgrade-libvirt", "suspend-resume", "save-restore", "managedsave-start", "check"}
 #: The only step after which a running domain may be shut off.
 STOP_STEPS = {"destroy"}
 

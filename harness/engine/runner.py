@@ -28,6 +28,7 @@ from harness.engine.journal import Entry, Journal, on_vfio
 from harness.engine.session import Target
 from harness.engine.steps import ACTIONS, StepContext
 from harness.errors import HarnessError, InfrastructureError
+from harness.libvirt_build import upgrade
 from harness.progress import say
 from harness.report.run import os_error_text, redact
 from harness.scenario.model import Device, Scenario, Step
@@ -78,6 +79,9 @@ def unmet_requirements(sc: Scenario, t: Target) -> str | None:
             return f"needs {req[key]} {k} devices, the target has {have[k]}"
     if req.get("domain_type") == "kvm" and not t.kvm_available:
         return "needs domain type kvm, the target offers only qemu (TCG)"
+    for s in walk_steps(sc.steps):
+        if s.action == "upgrade-libvirt" and t.bed is not None and upgrade.unmet(t.bed.suite, s.arg):
+            return upgrade.unmet(t.bed.suite, s.arg)
     return None
 
 
@@ -101,7 +105,8 @@ class Runner:
         self.artefact_problems: list[str] = []  # artefact files that could not be written (full results disk)
         self.current: str | None = None         # the step running now, for infrastructure-error messages
         self.phases: list[dict] = []            # where the time went: wall and libvirt/SSH seconds per phase
-        self.exclusive = any(s.action == "restart-daemon" for s in walk_steps(sc.steps))
+        self.exclusive = any(s.action in ("restart-daemon", "upgrade-libvirt") for s in walk_steps(sc.steps))
+        self.upgraded = False                   # set by upgrade-libvirt: cleanup restores the original libvirt
         # Set by the plugin: called (in the main thread) when a handed-off teardown has finished.
         self.on_teardown: "Callable[[teardown.Job], None] | None" = None
         self.teardown_job: teardown.Job | None = None
@@ -388,6 +393,8 @@ class Runner:
                  "error": err,          # libvirt's text, also when the step expected it (harness diff)
                  "aliases": {k: v for k, v in oracle.aliases_by_id(after.live_xml or after.inactive_xml,
                                                                   self.keys).items()}}
+        if sctx.info is not None:
+            entry["upgrade"] = sctx.info
         self.steps_log.append(entry)
         self._write_xml(i, step, after)
         want_err = step.expect.get("error")
@@ -512,6 +519,13 @@ class Runner:
                         c.call(n.undefine)
                 except (libvirt.libvirtError, HarnessError) as e:
                     problems.append(f"remove network {n.name()}: {e}")
+        if self.upgraded and t.bed is not None:
+            with self.phase("restore the original libvirt", t):
+                try:
+                    upgrade.restore(t.bed)
+                    c.reconnect(timeout=120)
+                except HarnessError as e:
+                    problems.append(f"restore the original libvirt: {e.message}")
         if t.bed is not None and self.r.addrs:
             vfs = [str(a) for s, a in self.r.addrs.items() if self.sc.devices[s].kind in ("vf", "e1000e")]
             if vfs:

@@ -16,6 +16,7 @@ import libvirt
 from harness import oracle
 from harness.engine import xmlbuild
 from harness.errors import HarnessError, InfrastructureError
+from harness.libvirt_build import upgrade
 from harness.progress import say
 
 if TYPE_CHECKING:
@@ -40,6 +41,7 @@ class StepContext:
     step: "Step"
     removed: list[str] = field(default_factory=list)   # aliases from device-removed events in this step
     expect_removed: bool = True
+    info: dict | None = None                           # extra facts for the step's record (upgrade-libvirt)
 
     @property
     def conn(self):
@@ -180,6 +182,34 @@ def do_restart_daemon(ctx: StepContext) -> None:
         ctx.conn.qemu_ids(r.dom, timeout=120)
 
 
+def do_upgrade_libvirt(ctx: StepContext) -> None:
+    """Install another libvirt under the running domain (harness/libvirt_build/upgrade.py), reconnect, and
+    prove it: the bed's build proof plus the version the reconnected daemon reports. The runner's cleanup
+    puts the original back."""
+    r = ctx.runner
+    if r.t.bed is None:
+        raise HarnessError("upgrade-libvirt needs a bed (--bed), not a bare --libvirt-uri")
+    r.upgraded = True
+    info = upgrade.upgrade(r.t.bed, ctx.step.arg, owner=r.dom_name)
+    ctx.conn.reconnect(timeout=120)
+    info["daemon_version"] = ctx.conn.call(ctx.conn.conn.getLibVersion)
+    ctx.info = info
+    want = info.get("version")
+    if want and info["daemon_version"] != _version_number(want):
+        raise HarnessError(f"after upgrade-libvirt the daemon reports {info['daemon_version']}, not {want}")
+    if info.get("after") not in ("stock", None) and not info.get("verified"):
+        raise HarnessError(f"libvirtd is not verified as build {info.get('after')}")
+    if r.dom is not None:
+        r.dom = ctx.conn.call(ctx.conn.conn.lookupByName, r.dom_name)
+        if ctx.conn.call(r.dom.isActive):
+            ctx.conn.qemu_ids(r.dom, timeout=120)   # a monitor command waits for the reconnect to the domain
+
+
+def _version_number(v: str) -> int:
+    major, minor, micro = (int(x) for x in v.split(".")[:3])
+    return major * 1_000_000 + minor * 1_000 + micro
+
+
 def do_save_restore(ctx: StepContext) -> None:
     r = ctx.runner
     path = f"/var/lib/libvirt/qemu/save/{r.dom_name}.save"
@@ -239,7 +269,7 @@ def do_settle(ctx: StepContext) -> None:
 ACTIONS: dict[str, Callable[[StepContext], None]] = {
     "start": do_start, "destroy": do_destroy, "define": do_define, "undefine": do_undefine,
     "attach": do_attach, "detach": do_detach, "update": do_update, "wait-removed": do_wait_removed,
-    "restart-daemon": do_restart_daemon, "save-restore": do_save_restore,
+    "restart-daemon": do_restart_daemon, "upgrade-libvirt": do_upgrade_libvirt, "save-restore": do_save_restore,
     "managedsave-start": do_managedsave_start, "suspend-resume": do_suspend_resume,
     "network-define": do_network_define, "network-start": do_network_start,
     "network-destroy": do_network_destroy, "network-undefine": do_network_undefine,

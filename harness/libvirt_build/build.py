@@ -101,9 +101,11 @@ def build_id(tree: Path, options: list[str]) -> str:
     return h.hexdigest()[: len(PLACEHOLDER) - 3]
 
 
-def work_tree(suite: str, version: str | None, patches: list[Path]) -> Path:
-    """A reusable git work tree of the Debian source with `patches` applied on top of its base commit."""
-    base = source.prepare(suite, version)
+def work_tree(suite: str, version: str | None, patches: list[Path], source_suite: str | None = None) -> Path:
+    """A reusable git work tree of the Debian source with `patches` applied on top of its base commit.
+
+    source_suite: take the source from that suite's Sources index (e.g. sid's 12.8.0 built for a trixie bed)."""
+    base = source.prepare(source_suite or suite, version)
     wt = sub("work") / base.name
     if not (wt / ".git").exists():
         shutil.rmtree(wt, ignore_errors=True)
@@ -170,10 +172,11 @@ def _tree_version(tree: Path) -> str:
 
 def build(suite: str = "trixie", source_dir: str | Path | None = None, debian_version: str | None = None,
           patches: list[Path] | None = None, log: Path | None = None, timeout: float = 3600,
-          force: bool = False) -> Build:
+          force: bool = False, source_suite: str | None = None) -> Build:
     """Build libvirt (Debian source + patches, or a user's tree) and pack a DESTDIR tarball. Raises on failure.
 
     A build whose id (same source, same options) was packed before is reused unless `force`.
+    source_suite: Debian source of another suite (an upgrade target), compiled in the chroot of `suite`.
     """
     patches = [Path(p) for p in (patches or [])]
     if source_dir:
@@ -181,10 +184,10 @@ def build(suite: str = "trixie", source_dir: str | Path | None = None, debian_ve
     # The Debian work tree is shared by the control and every mutant: one build at a time uses it (e.g. a
     # background `harness mutants --build-only` and a test's build), or a patch lands mid-compile.
     with FileLock(str(sub("work") / f"{suite}.lock")):
-        return _build(suite, source_dir, debian_version, patches, log, timeout, force)
+        return _build(suite, source_dir, debian_version, patches, log, timeout, force, source_suite)
 
 
-def _build(suite, source_dir, debian_version, patches, log, timeout, force) -> Build:
+def _build(suite, source_dir, debian_version, patches, log, timeout, force, source_suite=None) -> Build:
     t0 = time.monotonic()
     if source_dir:
         tree = Path(source_dir).resolve()
@@ -193,7 +196,7 @@ def _build(suite, source_dir, debian_version, patches, log, timeout, force) -> B
         if patches:
             tree = _patched_copy(tree, patches)
     else:
-        tree = work_tree(suite, debian_version, patches)
+        tree = work_tree(suite, debian_version, patches, source_suite)
     t_src = time.monotonic() - t0
     bid = build_id(tree, MESON_OPTIONS + [f"hx-pack={PACK_VERSION}"])
     bdir = build_dir_for(tree, suite)
