@@ -251,6 +251,11 @@ def cmd_bisect(args) -> int:
     return cli_bisect(args)
 
 
+def cmd_explore(args) -> int:
+    from harness.explore import command
+    return command.run(args)
+
+
 # --- argument checks: a bad value fails at parse time, naming the option, before anything is built or booted ---
 
 class _Parser(argparse.ArgumentParser):
@@ -304,6 +309,14 @@ def _int_in(lo: int, hi: int, *words: str):
 
 
 _BED_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+
+
+def _duration(value: str) -> float:
+    from harness.explore.command import parse_duration
+    try:
+        return parse_duration(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _bed_name(value: str) -> str:
@@ -470,6 +483,19 @@ def parser() -> argparse.ArgumentParser:
     bi.add_argument("--suite", default="trixie", type=_suite)
     bi.add_argument("--bed", type=_bed_name, help="running bed (default: the suite's)")
     bi.set_defaults(fn=cmd_bisect)
+    ex = sub.add_parser("explore", help="random stateful sequences of the step kinds; a failure -> minimal scenario")
+    ex.add_argument("--budget", default=600.0, type=_duration, help="search time, e.g. 10m (default), 90s, 1h")
+    ex.add_argument("--shrink-budget", default=300.0, type=_duration,
+                    help="time for shrinking a failure to a minimal sequence (default 5m)")
+    ex.add_argument("--seed", type=_int_in(0, 2 ** 32 - 1), help="repeat the sequences of that run (no database)")
+    ex.add_argument("--suite", default="trixie", type=_suite,
+                    help="use the running bed of this suite (else bring one up for the run)")
+    ex.add_argument("--bed", type=_bed_name, help="running bed to use")
+    ex.add_argument("-n", dest="max_sequences", type=_int_in(1, 1_000_000),
+                    help="stop after N sequences (default: when the budget is spent)")
+    ex.add_argument("--max-rules", type=_int_in(1, 50), default=5,
+                    help="rules per sequence, the domain start included (default 5: short sequences, tried often)")
+    ex.set_defaults(fn=cmd_explore)
     return p
 
 

@@ -64,7 +64,9 @@ def pytest_configure_node(node):   # xdist: hand the session id to every worker
 
 
 def pytest_collect_file(parent, file_path: Path):
-    if file_path.suffix in (".yaml", ".yml") and file_path.parent.name in SCENARIO_DIRS:
+    # Also a scenario file named on the command line, wherever it is (harness explore writes them to results/).
+    if file_path.suffix in (".yaml", ".yml") and (file_path.parent.name in SCENARIO_DIRS
+                                                  or parent.session.isinitpath(file_path)):
         return ScenarioFile.from_parent(parent, path=file_path)
     return None
 

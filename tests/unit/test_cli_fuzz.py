@@ -148,7 +148,8 @@ def valid_value(action) -> st.SearchStrategy[list[str]]:
     value = {cli._suite: st.sampled_from(sorted(SUITES)), cli._suites: st.just("trixie,bookworm"),
              cli._bed_name: st.sampled_from(["hx-fuzz", "trixie", "b.1_x"]), cli._existing_dir: st.just(str(A_DIR)),
              cli._existing_file: st.just(str(A_FILE)), cli._run_dir: st.just(str(A_RUN)),
-             cli._new_dir: st.just(str(TMP / "new-out")), cli._build_id: st.just("0123456789abcdef01")}.get(t, st.sampled_from(["x", "seed or pool", "1.2.3"]))
+             cli._new_dir: st.just(str(TMP / "new-out")), cli._build_id: st.just("0123456789abcdef01"),
+             cli._duration: st.sampled_from(["10m", "90s", "1h", "300"])}.get(t, st.sampled_from(["x", "seed or pool", "1.2.3"]))
     return value.map(lambda v: [v])
 
 
@@ -192,6 +193,9 @@ def bad_value(action) -> st.SearchStrategy[str]:
     if t is cli._build_id:
         return junk_text.filter(lambda s: not re.fullmatch(r"[0-9a-f]{18}", s)) \
             | st.sampled_from(["0123456789ABCDEF01", "0" * 17, "0" * 19, "../" + "0" * 15])
+    if t is cli._duration:
+        return junk_text.filter(lambda s: not re.fullmatch(r"\s*\d+(\.\d+)?\s*[smh]?\s*", s)
+                                or not float(re.sub(r"[^\d.]", "", s) or 0) > 0) | st.sampled_from(["0", "10min", "-5m"])
     return None
 
 
