@@ -1,6 +1,8 @@
 """Fixtures shared by the integration tests."""
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from harness.bed import lifecycle, state
@@ -31,6 +33,21 @@ def spare_bed(request):
     finally:
         if state.load(SPARE) is not None:
             lifecycle.down(SPARE)
+
+
+@pytest.fixture(scope="session")
+def mutant_bed(request, spare_bed):
+    """For tests that install libvirt builds (the mutants are patches against 11.3.0): call it with an
+    environment variable's name to get the running bed it names, else the session's spare trixie bed (it keeps
+    the last build; taken down at session end)."""
+    def get(env_var: str):
+        name = os.environ.get(env_var)
+        if name:
+            return lifecycle.find(name=name)
+        if request.config.getoption("hx_suite") != "trixie":
+            pytest.fail("the mutants are written against libvirt 11.3.0: run these tests with --suite trixie")
+        return spare_bed()
+    return get
 
 
 _MODULE_SECONDS: dict[str, float] = {}

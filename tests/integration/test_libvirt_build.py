@@ -38,15 +38,9 @@ INDEX_ERROR = "Unable to determine device index for network device"
 
 
 @pytest.fixture(scope="module")
-def bed(request):
-    """HX_LVBUILD_BED, or the session's spare bed (it keeps the last build; taken down at session end)."""
-    from harness.bed import lifecycle
-    name = os.environ.get("HX_LVBUILD_BED")
-    if name:
-        return lifecycle.find(name=name)
-    if request.config.getoption("hx_suite") != "trixie":
-        pytest.fail("the mutants are written against libvirt 11.3.0: run these tests with --suite trixie")
-    return request.getfixturevalue("spare_bed")()
+def bed(mutant_bed):
+    """HX_LVBUILD_BED, or the session's spare bed (conftest.mutant_bed)."""
+    return mutant_bed("HX_LVBUILD_BED")
 
 
 def harness(*args: str, timeout: float = 3600) -> subprocess.CompletedProcess:
