@@ -384,6 +384,12 @@ def _json_out(value: str) -> str:
     return value
 
 
+def _run_options(p: argparse.ArgumentParser, workers_help: str) -> None:
+    """-n and --retries, as `run` and `matrix` (which runs `run` per suite) both take them."""
+    p.add_argument("-n", dest="workers", type=_int_in(1, 1024, "auto", "logical"), help=workers_help)
+    p.add_argument("--retries", type=_int_in(0, 100), default=0)
+
+
 def parser() -> argparse.ArgumentParser:
     p = _Parser(prog="harness", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -423,8 +429,7 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--via", choices=["qemu", "vagrant"], default="qemu")
     r.add_argument("-k", help="pytest -k expression")
     r.add_argument("-m", help="pytest -m expression (scenario tags)")
-    r.add_argument("-n", dest="workers", type=_int_in(1, 1024, "auto", "logical"), help="pytest-xdist workers")
-    r.add_argument("--retries", type=_int_in(0, 100), default=0)
+    _run_options(r, workers_help="pytest-xdist workers")
     r.add_argument("--keep-bed", action="store_true")
     r.set_defaults(fn=cmd_run, takes_extra=True)
     li = sub.add_parser("lint", help="validate every scenario (offline; pytest --collect-only)")
@@ -438,8 +443,7 @@ def parser() -> argparse.ArgumentParser:
     m = sub.add_parser("matrix", help="run the catalog on a bed of each suite; scenario x libvirt table")
     m.add_argument("--suites", default="bookworm,trixie", type=_suites)
     m.add_argument("-k")
-    m.add_argument("-n", dest="workers", type=_int_in(1, 1024, "auto", "logical"), help="pytest-xdist workers per suite")
-    m.add_argument("--retries", type=_int_in(0, 100), default=0)
+    _run_options(m, workers_help="pytest-xdist workers per suite")
     m.add_argument("--diff", action="store_true",
                    help="diff each suite's run against the previous suite's (harness diff; known-differences.yaml)")
     m.set_defaults(fn=cmd_matrix)

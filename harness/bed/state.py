@@ -71,10 +71,12 @@ class BedInfo:
     def ssh_argv(self, *cmd: str) -> list[str]:
         return ["ssh", "-F", str(self.ssh_config), "bed", *cmd]
 
-    def ssh(self, command: str, timeout: float = 60, check: bool = False) -> subprocess.CompletedProcess:
-        """Run one shell command in the bed. Always bounded by a timeout."""
+    def ssh(self, command: str, timeout: float = 60, check: bool = False,
+            input: str | None = None) -> subprocess.CompletedProcess:
+        """Run one shell command in the bed, `input` (if any) on its stdin. Always bounded by a timeout."""
+        stdin = {"input": input} if input is not None else {"stdin": subprocess.DEVNULL}
         return subprocess.run(self.ssh_argv(command), capture_output=True, text=True, timeout=timeout, check=check,
-                              stdin=subprocess.DEVNULL)
+                              **stdin)
 
     def write_ssh_files(self) -> None:
         """ssh_config + wrapper: StrictHostKeyChecking with the per-bed known_hosts, never off."""

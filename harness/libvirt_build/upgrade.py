@@ -116,7 +116,7 @@ def resolve(bed, spec: dict, original_id: str | None) -> tuple[build_mod.Build |
 
 def _ssh(bed, cmd: str, timeout: float = 300, stdin: str | None = None) -> subprocess.CompletedProcess:
     try:
-        return subprocess.run(bed.ssh_argv(cmd), input=stdin, capture_output=True, text=True, timeout=timeout)
+        return bed.ssh(cmd, timeout=timeout, input=stdin)
     except subprocess.TimeoutExpired:
         raise HarnessError(f"bed {bed.name}: '{cmd[:60]}' timed out after {timeout:.0f} s") from None
 
