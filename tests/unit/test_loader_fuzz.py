@@ -97,6 +97,8 @@ def mutated_seed(draw):
                 parent[path[-1]]
         except (KeyError, IndexError, TypeError):
             continue   # an earlier edit removed this path
+        if path and not isinstance(parent, (dict, list)):
+            continue   # an earlier edit replaced a container on this path by a scalar (a string indexes too)
         how = draw(st.sampled_from(["drop", "replace", "add", "rename"]))
         if not path:
             data = draw(structures) if how == "replace" else data
