@@ -15,7 +15,7 @@ import jsonschema
 
 from harness.report.diff_model import DOC, KINDS, SCENARIO_KINDS, Run, show, shown_path
 from harness.scenario import loader as L
-from harness.scenario.loader import version_satisfies
+from harness.scenario.versions import parse_version_constraint, version_satisfies
 
 ACK_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -113,7 +113,7 @@ def load_acks(path: Path | str) -> list[Ack]:
                                 "exact value") from None
         for side, spec in (entry.get("libvirt") or {}).items():
             try:
-                L.parse_version_constraint(spec)
+                parse_version_constraint(spec)
             except ValueError as e:
                 raise ld.at(("acknowledged", i, "libvirt", side), f"acknowledgement {i + 1} libvirt.{side}: {e}",
                             "e.g. '>=11.0' or '>=9.0, <10'") from None

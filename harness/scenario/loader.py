@@ -12,13 +12,12 @@ import difflib
 import functools
 import json
 import math
-import operator
 import os
 import re
 import warnings
 import xml.etree.ElementTree as ET
 from xml.parsers import expat
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,11 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from harness.engine import xmlbuild
 from harness.errors import HarnessError
 from harness.scenario.model import Device, Domain, HostDevice, Mark, Network, Scenario, Step
+from harness.scenario.versions import parse_version_constraint, version_satisfies
+
+#: What other modules and tests import from here; some of it lives in the stage modules it belongs to.
+__all__ = ["PYTEST_MARKS", "SCHEMA_PATH", "ScenarioError", "actions", "check_unique_names", "load_file", "load_text",
+           "parse_version_constraint", "version_satisfies"]
 
 SCHEMA_PATH = Path(__file__).with_name("schema.json")
 
@@ -126,44 +130,6 @@ def check_unique_names(scenarios: Iterable[Scenario]) -> None:
             f"'{sc.name}' is already the scenario at {first.mark or first.file}; names are test ids, "
             "so rename one (a single-scenario file is named after its file stem)",
             file=mark.file, line=mark.line, column=mark.column, snippet=_snippet_from_file(mark.file, mark.line))
-
-
-_OPS: dict[str, Callable[[Any, Any], bool]] = {
-    "<=": operator.le, ">=": operator.ge, "==": operator.eq, "!=": operator.ne, "<": operator.lt, ">": operator.gt}
-_CLAUSE = re.compile(r"\s*(<=|>=|==|!=|<|>)\s*([0-9]+(?:\.[0-9]+)*)\s*")
-_VERSION = re.compile(r"\s*v?([0-9]+(?:\.[0-9]+)*)")
-
-
-def parse_version_constraint(spec: str) -> Callable[[str], bool]:
-    """'>=8.0, <10' -> predicate on version strings; dotted ints compare with missing parts as 0."""
-    clauses = []
-    for part in spec.split(","):
-        m = _CLAUSE.fullmatch(part)
-        if not m:
-            raise ValueError(f"bad version constraint {spec!r}: expected e.g. '>=9.0.0' or '>=8.0, <10'")
-        clauses.append((_OPS[m.group(1)], _version_tuple(m.group(2))))
-
-    def satisfied(version: str) -> bool:
-        have = _version_tuple(version)
-        return all(op(*_padded(have, want)) for op, want in clauses)
-    return satisfied
-
-
-def version_satisfies(version: str, spec: str) -> bool:
-    """Whether e.g. '9.0.0' (or '8.2.2 (Debian ...)': leading dotted ints count) meets '>=9.0'."""
-    return parse_version_constraint(spec)(version)
-
-
-def _version_tuple(version: str) -> tuple[int, ...]:
-    m = _VERSION.match(version)
-    if not m:
-        raise ValueError(f"not a version: {version!r}")
-    return tuple(int(p) for p in m.group(1).split("."))
-
-
-def _padded(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    n = max(len(a), len(b))
-    return a + (0,) * (n - len(a)), b + (0,) * (n - len(b))
 
 
 # ---------------------------------------------------------------------------------------------
