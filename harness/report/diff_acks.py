@@ -16,6 +16,7 @@ import jsonschema
 from harness.report.diff_model import DOC, KINDS, SCENARIO_KINDS, Run, show, shown_path
 from harness.scenario import loader as L
 from harness.scenario.versions import parse_version_constraint, version_satisfies
+from harness.scenario.wording import JSON_TYPES, did_you_mean, short, type_name
 
 ACK_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -136,7 +137,7 @@ def _ack_error(ld, errors: list, data: Any):
         allowed = list(e.schema.get("properties", {}))
         extra = [k for k in inst if k not in allowed][0]
         return ld.at(path + (extra,), f"unknown key '{extra}' in {subject}",
-                     L._did_you_mean(extra, allowed) + f"allowed: {', '.join(allowed)}", key=True)
+                     did_you_mean(extra, allowed) + f"allowed: {', '.join(allowed)}", key=True)
     if v == "required":
         missing = next(k for k in e.validator_value if k not in inst)
         hint = (e.schema.get("properties", {}).get(missing) or {}).get("description") or described
@@ -145,16 +146,16 @@ def _ack_error(ld, errors: list, data: Any):
         return ld.at(path, f"missing key '{missing}' in {subject}", hint)
     if v == "type":
         want = e.validator_value if isinstance(e.validator_value, list) else [e.validator_value]
-        return ld.at(path, f"{subject}: expected {' or '.join(L._JSON_TYPES.get(t, t) for t in want)}, "
-                     f"got {L._type_name(inst)}", described)
+        return ld.at(path, f"{subject}: expected {' or '.join(JSON_TYPES.get(t, t) for t in want)}, "
+                     f"got {type_name(inst)}", described)
     if v in ("enum", "const"):
         allowed = [str(x) for x in (e.validator_value if v == "enum" else [e.validator_value])]
-        return ld.at(path, f"{subject}: {L._short(inst)} is not allowed",
-                     L._did_you_mean(str(inst), allowed) + f"allowed: {', '.join(allowed)}")
+        return ld.at(path, f"{subject}: {short(inst)} is not allowed",
+                     did_you_mean(str(inst), allowed) + f"allowed: {', '.join(allowed)}")
     if v == "anyOf":
-        return ld.at(path, f"{subject}: {L._short(inst)} is not allowed", described)
+        return ld.at(path, f"{subject}: {short(inst)} is not allowed", described)
     if v == "pattern":
-        return ld.at(path, f"{subject}: {L._short(inst)} is not valid", described)
+        return ld.at(path, f"{subject}: {short(inst)} is not valid", described)
     if v == "minLength":
         return ld.at(path, f"{subject} is empty", described)
     if v == "maxLength":

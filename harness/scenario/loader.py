@@ -8,7 +8,6 @@ what is wrong and how to fix it, never show a traceback.
 from __future__ import annotations
 
 import copy
-import difflib
 import functools
 import json
 import math
@@ -28,6 +27,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from harness.engine import xmlbuild
 from harness.errors import HarnessError
 from harness.scenario.model import Device, Domain, HostDevice, Mark, Network, Scenario, Step
+from harness.scenario.wording import JSON_TYPES, did_you_mean, path_label, short, type_name
 from harness.scenario.versions import parse_version_constraint, version_satisfies
 
 #: What other modules and tests import from here; some of it lives in the stage modules it belongs to.
@@ -418,24 +418,24 @@ class _Loader:
                                   "check the indentation and the brackets")
         value = self.scalar(node)
         if not isinstance(value, str):
-            raise self.node_error(node, f"key '{node.value}' is read as {_type_name(value)}, not a name",
+            raise self.node_error(node, f"key '{node.value}' is read as {type_name(value)}, not a name",
                                   f"quote it (\"{node.value}\") if it is meant as text")
         return value
 
     def scalar(self, node: ScalarNode) -> Any:
         if node.tag not in _SCALAR_TAGS:
-            raise self.node_error(node, f"unsupported YAML tag '{node.tag}' on {_short(node.value)}",
+            raise self.node_error(node, f"unsupported YAML tag '{node.tag}' on {short(node.value)}",
                                   "remove the tag, or quote the value if it is meant as text")
         try:
             value = self.constructor.construct_object(node)
         except Exception as e:   # PyYAML's scalar constructors raise ValueError, KeyError, ... on bad input
-            raise self.node_error(node, f"cannot read {_short(node.value)} as {node.tag.rsplit(':', 1)[-1]}: "
+            raise self.node_error(node, f"cannot read {short(node.value)} as {node.tag.rsplit(':', 1)[-1]}: "
                                   f"{str(e)[:200]}", "quote the value if it is meant as text") from None
         if isinstance(value, float) and not math.isfinite(value):   # .inf, .nan, 1e999: no JSON, no deadline
-            raise self.node_error(node, f"{_short(node.value)} is not a finite number",
+            raise self.node_error(node, f"{short(node.value)} is not a finite number",
                                   "write a plain number such as 30, or quote the value if it is meant as text")
         if isinstance(value, int) and value.bit_length() > 63:   # 0xfff...: even repr() of it can fail
-            raise self.node_error(node, f"{_short(node.value)} is too large a number",
+            raise self.node_error(node, f"{short(node.value)} is too large a number",
                                   "scenario numbers are small (counts, MiB, seconds); quote it if it is meant as text")
         return value
 
@@ -462,7 +462,7 @@ class _Loader:
     def describe(self, e: jsonschema.ValidationError, path: tuple, data: Any) -> tuple[Mark, str, str]:
         frames = _frames(e.absolute_schema_path)
         described = _descriptions(frames) or f"see {_DOC}"
-        label = _label(path, data)
+        label = path_label(path, data)
         where = f"in {label}" if label else "at top level"
         subject = label or "the top level"
         v, inst = e.validator, e.instance
@@ -472,7 +472,7 @@ class _Loader:
             is_step = "start" in allowed and not any(k in inst for k in actions())
             noun = "step action" if is_step else "key"
             return (self.mark(path + (extra[0],), key=True), f"unknown {noun} '{extra[0]}' {where}",
-                    _did_you_mean(extra[0], allowed) + f"allowed: {', '.join(allowed)}")
+                    did_you_mean(extra[0], allowed) + f"allowed: {', '.join(allowed)}")
         if v == "propertyNames":
             return (self.mark(path + (inst,), key=True), f"invalid name '{inst}' {where}", described)
         if v == "required":
@@ -483,34 +483,34 @@ class _Loader:
             return self.exactly_one(e, path, subject)
         if v == "type":
             expected = e.validator_value if isinstance(e.validator_value, list) else [e.validator_value]
-            want = " or ".join(_JSON_TYPES.get(t, t) for t in expected)
-            got = _type_name(inst)
+            want = " or ".join(JSON_TYPES.get(t, t) for t in expected)
+            got = type_name(inst)
             if isinstance(inst, str) and inst in actions() and path and isinstance(path[-1], int):
                 described = f"write `- {inst}:` with a colon; {described}"
             return self.mark(path), f"{subject}: expected {want}, got {got}", described
         if v in ("enum", "const"):
             allowed = e.validator_value if v == "enum" else [e.validator_value]
             shown = [str(a) for a in allowed]
-            return (self.mark(path), f"{subject}: {_short(inst)} is not allowed",
-                    _did_you_mean(str(inst), shown) + f"allowed: {', '.join(shown)}")
+            return (self.mark(path), f"{subject}: {short(inst)} is not allowed",
+                    did_you_mean(str(inst), shown) + f"allowed: {', '.join(shown)}")
         if v == "pattern":
-            return self.mark(path), f"{subject}: {_short(inst)} is not valid", described
+            return self.mark(path), f"{subject}: {short(inst)} is not valid", described
         if v in ("minItems", "minLength"):
             return self.mark(path), f"{subject} is empty", described
         if v in ("minimum", "exclusiveMinimum"):
             bound = ">=" if v == "minimum" else ">"
-            return (self.mark(path), f"{subject}: {_short(inst)} is too small (must be {bound} {e.validator_value})",
+            return (self.mark(path), f"{subject}: {short(inst)} is too small (must be {bound} {e.validator_value})",
                     described)
         if v in ("maximum", "exclusiveMaximum"):
             bound = "<=" if v == "maximum" else "<"
-            return (self.mark(path), f"{subject}: {_short(inst)} is too large (must be {bound} {e.validator_value})",
+            return (self.mark(path), f"{subject}: {short(inst)} is too large (must be {bound} {e.validator_value})",
                     described)
         if v in ("maxLength", "maxItems"):
             return (self.mark(path), f"{subject} is too long (at most {e.validator_value} "
                     f"{'characters' if v == 'maxLength' else 'entries'})", described)
         if v == "uniqueItems":
             dup = next(i for i, x in enumerate(inst) if x in inst[:i])
-            return (self.mark(path + (dup,)), f"{subject}: {_short(inst[dup])} is listed twice",
+            return (self.mark(path + (dup,)), f"{subject}: {short(inst[dup])} is listed twice",
                     "remove the repeated entry")
         return self.mark(path), f"{subject}: {e.message}", described
 
@@ -655,7 +655,7 @@ class _Semantics:
         """`sym` must be a host device under `devices:` of one of `kinds`; `why` explains the kinds."""
         if sym not in self.devices:
             self.problem(path, f"{what}: undefined device '{sym}'",
-                         _did_you_mean(sym, list(self.devices)) + "host devices defined under `devices:`: "
+                         did_you_mean(sym, list(self.devices)) + "host devices defined under `devices:`: "
                          f"{', '.join(self.devices) or 'none'}; add e.g. `devices: {{{sym}: {{kind: {kinds[0]}}}}}`")
         elif self.devices[sym]["kind"] not in kinds:
             self.problem(path, f"{what}: device '{sym}' is kind {self.devices[sym]['kind']}, "
@@ -699,7 +699,7 @@ class _Semantics:
         if sym not in self.networks:
             defined = ", ".join(self.networks) or "none"
             self.problem(path, f"{what}: undefined network '{sym}'",
-                         _did_you_mean(sym, list(self.networks)) + f"networks defined under `networks:`: {defined}; "
+                         did_you_mean(sym, list(self.networks)) + f"networks defined under `networks:`: {defined}; "
                          f"add e.g. `networks: {{{sym}: {{forward: nat}}}}`")
 
     def ref_id(self, dev_id: str, path: tuple, what: str, key: bool = False) -> None:
@@ -713,14 +713,14 @@ class _Semantics:
             return
         known = sorted(self.ids)
         self.problem(path, f"{what}: undefined device id '{dev_id}'",
-                     _did_you_mean(dev_id, known) + f"ids come from domain.devices and attach steps; "
+                     did_you_mean(dev_id, known) + f"ids come from domain.devices and attach steps; "
                      f"defined: {', '.join(known) or 'none'}", key)
 
     def check_steps(self, steps: list[dict], path: tuple) -> None:
         for i, step in enumerate(steps):
             spath = path + (i,)
             action = next(k for k in step if k in actions())
-            label = _label(spath, self.data)
+            label = path_label(spath, self.data)
             if "flags" in step and action not in _FLAGGED_ACTIONS:
                 self.problem(spath + ("flags",), f"{label}: 'flags' does not apply to {action}",
                              f"flags apply to {', '.join(_FLAGGED_ACTIONS)}: remove it", key=True)
@@ -745,7 +745,7 @@ class _Semantics:
             total += _expanded([step])
             if total > MAX_RUN_STEPS:
                 where = path + (i, "repeat", "times") if "repeat" in step else path + (i,)
-                self.problem(where, f"{_label(path + (i,), self.data)}: the run would execute {total} or more "
+                self.problem(where, f"{path_label(path + (i,), self.data)}: the run would execute {total} or more "
                              f"steps (repeats expanded), more than {MAX_RUN_STEPS}",
                              "lower repeat.times, or nest fewer repeats")
                 return
@@ -806,12 +806,12 @@ class _Semantics:
             if sym not in self.known:
                 self.problems.append(self.ld.error(
                     where.line, where.column, f"unknown name '{sym}' in placeholder {m.group(0)}",
-                    _did_you_mean(sym, list(self.known)) + f"known: {', '.join(sorted(self.known))} "
+                    did_you_mean(sym, list(self.known)) + f"known: {', '.join(sorted(self.known))} "
                     "(host devices, networks, device ids, guest)"))
             elif attr not in self.known[sym]:
                 self.problems.append(self.ld.error(
                     where.line, where.column, f"'{sym}' has no '{attr}' (placeholder {m.group(0)})",
-                    _did_you_mean(attr, sorted(self.known[sym]))
+                    did_you_mean(attr, sorted(self.known[sym]))
                     + f"{sym} offers: {', '.join(sorted(self.known[sym]))}"))
 
     def check_raw_xml(self, text: str, path: tuple) -> None:
@@ -953,65 +953,6 @@ class _Semantics:
 
 # ---------------------------------------------------------------------------------------------
 # helpers
-
-_JSON_TYPES = {"object": "a mapping", "array": "a list", "string": "a string", "integer": "an integer",
-               "number": "a number", "boolean": "true or false", "null": "nothing (an empty value)"}
-
-
-def _type_name(value: Any) -> str:
-    if value is None:
-        return "an empty value"
-    if isinstance(value, bool):
-        return f"a boolean ({str(value).lower()})"
-    if isinstance(value, dict):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, str):
-        return f"a string ({_short(value)})"
-    if isinstance(value, int):
-        return f"an integer ({value})"
-    if isinstance(value, float):
-        return f"a number ({value})"
-    if isinstance(value, bytes):
-        return "binary data"
-    return f"a {type(value).__name__} ({value})"   # YAML dates and times
-
-
-def _short(value: Any) -> str:
-    text = repr(value) if not isinstance(value, str) else f"'{value[:60]}'"
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _did_you_mean(word: str, choices: list[str]) -> str:
-    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
-    return f"did you mean '{close[0]}'? " if close else ""
-
-
-def _label(path: tuple, data: Any) -> str:
-    """A person's name for a data path: "scenario 'x' step 3.1 attach.interface"."""
-    words = []
-    rest = list(path)
-    if rest[:1] == ["scenarios"] and len(rest) >= 2 and isinstance(rest[1], int):
-        sc = data["scenarios"][rest[1]] if isinstance(data, dict) else None
-        name = sc.get("name") if isinstance(sc, dict) else None
-        words.append(f"scenario '{name}'" if isinstance(name, str) else f"scenario {rest[1] + 1}")
-        rest = rest[2:]
-    numbers = []
-    while len(rest) >= 2 and rest[0] == "steps" and isinstance(rest[1], int):
-        numbers.append(str(rest[1] + 1))
-        rest = rest[2:]
-        if rest[:2] == ["repeat", "steps"]:
-            rest = rest[1:]
-    if numbers:
-        words.append("step " + ".".join(numbers))
-    if rest[:2] == ["domain", "devices"] and len(rest) >= 3:
-        words.append(f"domain device {rest[2] + 1}")
-        rest = rest[3:]
-    if rest:
-        words.append("".join(f"#{p + 1}" if isinstance(p, int) else f".{p}" for p in rest).lstrip("."))
-    return " ".join(words)
-
 
 def _device_id(dev: dict) -> str:
     return dev["id"] if "xml" in dev else (dev.get("interface") or dev["hostdev"])["id"]
