@@ -14,9 +14,9 @@ from typing import Any
 import jsonschema
 
 from harness.report.diff_model import DOC, KINDS, SCENARIO_KINDS, Run, show, shown_path
-from harness.scenario import loader as L
 from harness.scenario.versions import parse_version_constraint, version_satisfies
 from harness.scenario.wording import JSON_TYPES, did_you_mean, short, type_name
+from harness.scenario.yaml_tree import ScenarioError, YamlTree
 
 ACK_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -83,24 +83,19 @@ def load_acks(path: Path | str) -> list[Ack]:
     try:
         raw = Path(path).read_bytes()
     except OSError as e:
-        raise L.ScenarioError(f"cannot read the acknowledgements file: {e.strerror or e}",
-                              "check the path (default: known-differences.yaml at the top of the repository)",
-                              file=name) from None
-    ld = L._Loader(name, raw)
-    if len(raw) > L.MAX_BYTES:
-        raise ld.error(1, 1, f"the file is larger than {L.MAX_BYTES >> 10} KiB", "acknowledge fewer, broader differences")
-    text = ld.decode()
-    ld.lines = L._split_lines(text)
-    root = ld.compose(text)
-    if root is None:
-        raise ld.error(1, 1, "the file is empty", f"start it with `acknowledged: []`; see {DOC}")
-    data = ld.build(root, (), 0, set())
+        raise ScenarioError(f"cannot read the acknowledgements file: {e.strerror or e}",
+                            "check the path (default: known-differences.yaml at the top of the repository)",
+                            file=name) from None
+    tree = YamlTree(name, raw)
+    root = tree.compose_file(too_large="acknowledge fewer, broader differences",
+                             empty=f"start it with `acknowledged: []`; see {DOC}")
+    data = tree.plain_data(root)
     rank = {"additionalProperties": 0, "required": 2, "anyOf": 2}
     errors = sorted(jsonschema.Draft202012Validator(ACK_SCHEMA).iter_errors(data),
-                    key=lambda e: (ld.mark(tuple(e.absolute_path)).line, -len(e.absolute_path),
+                    key=lambda e: (tree.mark(tuple(e.absolute_path)).line, -len(e.absolute_path),
                                    rank.get(e.validator, 1)))
     if errors:
-        raise _ack_error(ld, errors, data)
+        raise _ack_error(tree, errors, data)
     acks = []
     for i, entry in enumerate(data["acknowledged"]):
         for key in ("subject", "from", "to"):
@@ -109,23 +104,23 @@ def load_acks(path: Path | str) -> list[Ack]:
                 try:
                     re.compile(v[3:])
                 except re.error as e:
-                    raise ld.at(("acknowledged", i, key), f"acknowledgement {i + 1} {key}: bad regular expression "
-                                f"({e})", "write a Python regular expression after 're:', or drop 're:' for an "
-                                "exact value") from None
+                    raise tree.at(("acknowledged", i, key), f"acknowledgement {i + 1} {key}: bad regular expression "
+                                  f"({e})", "write a Python regular expression after 're:', or drop 're:' for an "
+                                  "exact value") from None
         for side, spec in (entry.get("libvirt") or {}).items():
             try:
                 parse_version_constraint(spec)
             except ValueError as e:
-                raise ld.at(("acknowledged", i, "libvirt", side), f"acknowledgement {i + 1} libvirt.{side}: {e}",
-                            "e.g. '>=11.0' or '>=9.0, <10'") from None
+                raise tree.at(("acknowledged", i, "libvirt", side), f"acknowledgement {i + 1} libvirt.{side}: {e}",
+                              "e.g. '>=11.0' or '>=9.0, <10'") from None
         if entry["kind"] in SCENARIO_KINDS and entry.get("step", "*") != "*":
-            raise ld.at(("acknowledged", i, "step"), f"acknowledgement {i + 1}: kind '{entry['kind']}' is about "
-                        "a whole scenario, it has no step", "remove `step:` (or use another kind)", key=True)
-        acks.append(Ack(line=ld.mark(("acknowledged", i)).line, entry=entry, file=shown_path(name)))
+            raise tree.at(("acknowledged", i, "step"), f"acknowledgement {i + 1}: kind '{entry['kind']}' is about "
+                          "a whole scenario, it has no step", "remove `step:` (or use another kind)", key=True)
+        acks.append(Ack(line=tree.mark(("acknowledged", i)).line, entry=entry, file=shown_path(name)))
     return acks
 
 
-def _ack_error(ld, errors: list, data: Any):
+def _ack_error(tree: YamlTree, errors: list, data: Any) -> ScenarioError:
     e = errors[0]
     path = tuple(e.absolute_path)
     where = f"acknowledgement {path[1] + 1}" if len(path) >= 2 and path[0] == "acknowledged" else "the file"
@@ -136,31 +131,31 @@ def _ack_error(ld, errors: list, data: Any):
     if v == "additionalProperties":
         allowed = list(e.schema.get("properties", {}))
         extra = [k for k in inst if k not in allowed][0]
-        return ld.at(path + (extra,), f"unknown key '{extra}' in {subject}",
-                     did_you_mean(extra, allowed) + f"allowed: {', '.join(allowed)}", key=True)
+        return tree.at(path + (extra,), f"unknown key '{extra}' in {subject}",
+                       did_you_mean(extra, allowed) + f"allowed: {', '.join(allowed)}", key=True)
     if v == "required":
         missing = next(k for k in e.validator_value if k not in inst)
         hint = (e.schema.get("properties", {}).get(missing) or {}).get("description") or described
         if missing == "acknowledged":
             hint = f"the file is a mapping with one key, `acknowledged:`, holding a list; see {DOC}"
-        return ld.at(path, f"missing key '{missing}' in {subject}", hint)
+        return tree.at(path, f"missing key '{missing}' in {subject}", hint)
     if v == "type":
         want = e.validator_value if isinstance(e.validator_value, list) else [e.validator_value]
-        return ld.at(path, f"{subject}: expected {' or '.join(JSON_TYPES.get(t, t) for t in want)}, "
-                     f"got {type_name(inst)}", described)
+        return tree.at(path, f"{subject}: expected {' or '.join(JSON_TYPES.get(t, t) for t in want)}, "
+                       f"got {type_name(inst)}", described)
     if v in ("enum", "const"):
         allowed = [str(x) for x in (e.validator_value if v == "enum" else [e.validator_value])]
-        return ld.at(path, f"{subject}: {short(inst)} is not allowed",
-                     did_you_mean(str(inst), allowed) + f"allowed: {', '.join(allowed)}")
+        return tree.at(path, f"{subject}: {short(inst)} is not allowed",
+                       did_you_mean(str(inst), allowed) + f"allowed: {', '.join(allowed)}")
     if v == "anyOf":
-        return ld.at(path, f"{subject}: {short(inst)} is not allowed", described)
+        return tree.at(path, f"{subject}: {short(inst)} is not allowed", described)
     if v == "pattern":
-        return ld.at(path, f"{subject}: {short(inst)} is not valid", described)
+        return tree.at(path, f"{subject}: {short(inst)} is not valid", described)
     if v == "minLength":
-        return ld.at(path, f"{subject} is empty", described)
+        return tree.at(path, f"{subject} is empty", described)
     if v == "maxLength":
-        return ld.at(path, f"{subject} is too long (at most {e.validator_value} characters)", described)
-    return ld.at(path, f"{subject}: {e.message}", described)
+        return tree.at(path, f"{subject} is too long (at most {e.validator_value} characters)", described)
+    return tree.at(path, f"{subject}: {e.message}", described)
 
 
 def _match(spec: Any, value: Any) -> bool:

@@ -8,6 +8,8 @@ from __future__ import annotations
 import difflib
 from typing import Any
 
+DOC = "docs/scenario-format.md"   # where hints send a person for the scenario format
+
 JSON_TYPES = {"object": "a mapping", "array": "a list", "string": "a string", "integer": "an integer",
               "number": "a number", "boolean": "true or false", "null": "nothing (an empty value)"}
 
