@@ -8,8 +8,6 @@ what is wrong and how to fix it, never show a traceback.
 from __future__ import annotations
 
 import copy
-import functools
-import json
 import os
 import re
 import warnings
@@ -19,20 +17,18 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import jsonschema
-
 from harness.engine import xmlbuild
 from harness.errors import HarnessError
+from harness.scenario import schema
+from harness.scenario.schema import SCHEMA_PATH, actions
 from harness.scenario.model import Device, Domain, HostDevice, Mark, Network, Scenario, Step
-from harness.scenario.wording import DOC, JSON_TYPES, did_you_mean, path_label, short, type_name
+from harness.scenario.wording import DOC, did_you_mean, path_label
 from harness.scenario.yaml_tree import MAX_BYTES, ScenarioError, YamlTree, snippet_from_file
 from harness.scenario.versions import parse_version_constraint, version_satisfies
 
 #: What other modules and tests import from here; some of it lives in the stage modules it belongs to.
 __all__ = ["PYTEST_MARKS", "SCHEMA_PATH", "ScenarioError", "actions", "check_unique_names", "load_file", "load_text",
            "parse_version_constraint", "version_satisfies"]
-
-SCHEMA_PATH = Path(__file__).with_name("schema.json")
 
 MAX_RUN_STEPS = 2_000   # steps one run may execute, repeats expanded (schema: repeat.times <= 1000; bench.soak runs 200 cycles = 400 steps)
 MAX_REGEX_DEPTH = 20    # nested groups in an expect.error regex
@@ -97,76 +93,6 @@ def check_unique_names(scenarios: Iterable[Scenario]) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# schema
-
-@functools.cache
-def _schema() -> dict:
-    return json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
-
-
-@functools.cache
-def _validator() -> jsonschema.Draft202012Validator:
-    return jsonschema.Draft202012Validator(_schema())
-
-
-@functools.cache
-def actions() -> tuple[str, ...]:
-    """Every step action, in schema order (the step's `oneOf` is the single source of truth)."""
-    return tuple(branch["required"][0] for branch in _schema()["$defs"]["step"]["oneOf"])
-
-
-def _deref(schema: Any) -> list[dict]:
-    """A schema and the local `$ref` targets ("#/$defs/x") behind it, outermost first."""
-    chain = []
-    while isinstance(schema, dict):
-        chain.append(schema)
-        if "$ref" not in schema:
-            break
-        target: Any = _schema()
-        for part in schema["$ref"].removeprefix("#/").split("/"):
-            target = target[part]
-        schema = target
-    return chain
-
-
-def _frames(schema_path: Iterable[Any]) -> list[dict]:
-    """The schemas that applied to the failing instance, outermost first.
-
-    jsonschema's schema paths skip `$ref` hops, so refs are followed wherever a key is missing.
-    A new instance level (a property, an item, a map value) starts a new list.
-    """
-    node: Any = _schema()
-    frames, prev = [node], None
-    for key in schema_path:
-        while isinstance(node, dict) and key not in node and "$ref" in node:
-            node = _deref(node)[1]
-            frames.append(node)
-        try:
-            node = node[key]
-        except (KeyError, IndexError, TypeError):
-            break
-        if isinstance(node, dict) and key != "properties":
-            if prev == "properties" or key in ("items", "additionalProperties", "propertyNames"):
-                frames = []
-            frames.append(node)
-        prev = key
-    return frames
-
-
-def _descriptions(schemas: Iterable[dict]) -> str:
-    return "; ".join(dict.fromkeys(s["description"] for s in schemas if s.get("description")))
-
-
-def _properties(frames: list[dict]) -> dict[str, Any]:
-    """The properties an object level declares, whichever frame (or ref behind it) holds them."""
-    out: dict[str, Any] = {}
-    for frame in frames:
-        for schema in _deref(frame):
-            out.update(schema.get("properties", {}))
-    return out
-
-
-# ---------------------------------------------------------------------------------------------
 # the loader
 
 class _Loader(YamlTree):
@@ -189,90 +115,7 @@ class _Loader(YamlTree):
                              "scenarios are shallow; look for runaway nesting, aliases or merges") from None
 
     def validate(self, data: Any) -> None:
-        """Report the schema error that comes first in the file, preferring the most telling one."""
-        errors = list(_validator().iter_errors(data))
-        if not errors:
-            return
-        unknown_at = {tuple(e.absolute_path) for e in errors if e.validator == "additionalProperties"}
-        reports = []
-        for e in errors:
-            path = tuple(e.absolute_path)
-            if e.validator in ("required", "oneOf") and path in unknown_at:
-                continue   # an unknown key is most likely the misspelt required/action key
-            mark, message, hint = self.describe(e, path, data)
-            rank = 0 if e.validator in ("additionalProperties", "propertyNames") else 2 if e.validator in (
-                "required", "oneOf") else 1
-            reports.append(((mark.line, mark.column, rank), mark, message, hint))
-        _, mark, message, hint = min(reports, key=lambda r: r[0])
-        raise self.error(mark.line, mark.column, message, hint)
-
-    def describe(self, e: jsonschema.ValidationError, path: tuple, data: Any) -> tuple[Mark, str, str]:
-        frames = _frames(e.absolute_schema_path)
-        described = _descriptions(frames) or f"see {DOC}"
-        label = path_label(path, data)
-        where = f"in {label}" if label else "at top level"
-        subject = label or "the top level"
-        v, inst = e.validator, e.instance
-        if v == "additionalProperties":
-            allowed = list(_properties(frames))
-            extra = sorted((k for k in inst if k not in allowed), key=lambda k: self.mark(path + (k,), key=True).line)
-            is_step = "start" in allowed and not any(k in inst for k in actions())
-            noun = "step action" if is_step else "key"
-            return (self.mark(path + (extra[0],), key=True), f"unknown {noun} '{extra[0]}' {where}",
-                    did_you_mean(extra[0], allowed) + f"allowed: {', '.join(allowed)}")
-        if v == "propertyNames":
-            return (self.mark(path + (inst,), key=True), f"invalid name '{inst}' {where}", described)
-        if v == "required":
-            missing = next(k for k in e.validator_value if k not in inst)
-            hint = _descriptions(_deref(_properties(frames).get(missing))) or described
-            return self.mark(path), f"missing key '{missing}' {where}", hint
-        if v == "oneOf" and all(set(b) == {"required"} for b in e.validator_value):
-            return self.exactly_one(e, path, subject)
-        if v == "type":
-            expected = e.validator_value if isinstance(e.validator_value, list) else [e.validator_value]
-            want = " or ".join(JSON_TYPES.get(t, t) for t in expected)
-            got = type_name(inst)
-            if isinstance(inst, str) and inst in actions() and path and isinstance(path[-1], int):
-                described = f"write `- {inst}:` with a colon; {described}"
-            return self.mark(path), f"{subject}: expected {want}, got {got}", described
-        if v in ("enum", "const"):
-            allowed = e.validator_value if v == "enum" else [e.validator_value]
-            shown = [str(a) for a in allowed]
-            return (self.mark(path), f"{subject}: {short(inst)} is not allowed",
-                    did_you_mean(str(inst), shown) + f"allowed: {', '.join(shown)}")
-        if v == "pattern":
-            return self.mark(path), f"{subject}: {short(inst)} is not valid", described
-        if v in ("minItems", "minLength"):
-            return self.mark(path), f"{subject} is empty", described
-        if v in ("minimum", "exclusiveMinimum"):
-            bound = ">=" if v == "minimum" else ">"
-            return (self.mark(path), f"{subject}: {short(inst)} is too small (must be {bound} {e.validator_value})",
-                    described)
-        if v in ("maximum", "exclusiveMaximum"):
-            bound = "<=" if v == "maximum" else "<"
-            return (self.mark(path), f"{subject}: {short(inst)} is too large (must be {bound} {e.validator_value})",
-                    described)
-        if v in ("maxLength", "maxItems"):
-            return (self.mark(path), f"{subject} is too long (at most {e.validator_value} "
-                    f"{'characters' if v == 'maxLength' else 'entries'})", described)
-        if v == "uniqueItems":
-            dup = next(i for i, x in enumerate(inst) if x in inst[:i])
-            return (self.mark(path + (dup,)), f"{subject}: {short(inst[dup])} is listed twice",
-                    "remove the repeated entry")
-        return self.mark(path), f"{subject}: {e.message}", described
-
-    def exactly_one(self, e: jsonschema.ValidationError, path: tuple, subject: str) -> tuple[Mark, str, str]:
-        """The one-key choice of a step (its action) or a device (interface, hostdev or xml)."""
-        choices = [b["required"][0] for b in e.validator_value]
-        noun = "action" if "start" in choices else "device kind"
-        present = [k for k in choices if k in e.instance] if isinstance(e.instance, dict) else []
-        if not present:
-            return (self.mark(path), f"{subject} has no {noun}",
-                    f"use exactly one of: {', '.join(choices)}")
-        keys = ", ".join(f"'{k}'" for k in present)
-        return (self.mark(path + (present[1],), key=True), f"{subject} has {len(present)} {noun}s: {keys}",
-                "a step does exactly one thing: split it into separate steps" if noun == "action"
-                else "a device entry is exactly one of interface, hostdev or xml: split it into separate entries")
+        schema.validate(self, data)
 
 
 # ---------------------------------------------------------------------------------------------
