@@ -11,16 +11,13 @@ import copy
 import os
 import re
 import warnings
-import xml.etree.ElementTree as ET
-from xml.parsers import expat
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from harness.engine import xmlbuild
-from harness.errors import HarnessError
 from harness.scenario import schema
 from harness.scenario.schema import SCHEMA_PATH, actions
+from harness.scenario.raw_xml import RawXmlCheck
 from harness.scenario.model import Device, Domain, HostDevice, Mark, Network, Scenario, Step
 from harness.scenario.wording import DOC, did_you_mean, path_label
 from harness.scenario.yaml_tree import MAX_BYTES, ScenarioError, YamlTree, snippet_from_file
@@ -40,10 +37,7 @@ PYTEST_MARKS = frozenset({
     "skip", "skipif", "xfail", "parametrize", "usefixtures", "filterwarnings", "tryfirst", "trylast",
     "timeout", "flaky", "forked", "xdist_group", "asyncio", "anyio", "hypothesis", "scenario"})
 
-_PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([^{}]*)\}")
-_PLACEHOLDER_KEY = re.compile(r"([a-z][a-z0-9_]*)\.([a-z]+)")
 _NAME = re.compile(r"[a-z0-9][a-z0-9-]*")
-_DEVICE_ATTRS = ("address", "pci", "ifname")
 _INTERFACE_KEY_TYPES = {   # keys that only make sense for some interface types
     "device": ("hostdev",), "managed": ("hostdev",), "network": ("network",), "bridge": ("bridge",),
     "dev": ("direct",), "model": ("network", "bridge", "user", "ethernet", "direct"),
@@ -209,17 +203,17 @@ class _Semantics:
         self.ids: dict[str, tuple] = {}    # device id -> path of its definition
         for dev, path in at_start + attached:
             self.check_device(dev, path)
-        self.known = self.placeholder_names()
+        raw_xml = RawXmlCheck(self.ld, self.devices, self.networks, self.ids, self.host)
         if "xml" in domain:
             for key in domain:
                 if key not in _DOMAIN_XML_COMPATIBLE:
                     self.problem(dom_path + (key,), f"domain '{key}' has no effect next to domain.xml",
                                  "raw domain XML replaces type, machine, memory_mib, vcpus, root_ports and "
                                  "devices: put them into the XML, or drop `xml`", key=True)
-            self.check_raw_xml(domain["xml"], dom_path + ("xml",))
+            self.problems += raw_xml.problems(domain["xml"], dom_path + ("xml",))
         for dev, path in at_start + attached:
             if "xml" in dev:
-                self.check_raw_xml(dev["xml"], path + ("xml",))
+                self.problems += raw_xml.problems(dev["xml"], path + ("xml",))
         self.defined = {_device_id(dev) for dev, _ in at_start}   # grows as check_steps walks the attaches
         self.check_steps(self.get(steps_path), steps_path)
         self.check_run_length(self.get(steps_path), steps_path)
@@ -368,105 +362,7 @@ class _Semantics:
                              "fix the regex after `re:` (libvirt's messages need simple ones), or drop `re:` to "
                              "match plain text")
 
-    # -- placeholders in raw XML -----------------------------------------------------------
-
-    def placeholder_names(self) -> dict[str, set[str]]:
-        known: dict[str, set[str]] = {"guest": {"kernel", "initrd"}}
-        for sym in self.devices:
-            known.setdefault(sym, set()).update(_DEVICE_ATTRS)
-        for sym in self.networks:
-            known.setdefault(sym, set()).add("name")
-        for dev_id in self.ids:
-            known.setdefault(dev_id, set()).add("mac")
-        return known
-
-    def check_placeholders(self, text: str, path: tuple) -> None:
-        for m in _PLACEHOLDER.finditer(text):
-            inner = m.group(1)
-            if inner is None:
-                continue   # {{ or }}
-            key = _PLACEHOLDER_KEY.fullmatch(inner)
-            where = self.ld.text_mark(path, text, m.start())
-            if not key:
-                self.problems.append(self.ld.error(
-                    where.line, where.column, f"'{m.group(0)}' in raw XML is not a placeholder",
-                    "placeholders look like {vf1.address}, {lan.name}, {n1.mac}; write {{ and }} for literal braces"))
-                continue
-            sym, attr = key.groups()
-            if sym not in self.known:
-                self.problems.append(self.ld.error(
-                    where.line, where.column, f"unknown name '{sym}' in placeholder {m.group(0)}",
-                    did_you_mean(sym, list(self.known)) + f"known: {', '.join(sorted(self.known))} "
-                    "(host devices, networks, device ids, guest)"))
-            elif attr not in self.known[sym]:
-                self.problems.append(self.ld.error(
-                    where.line, where.column, f"'{sym}' has no '{attr}' (placeholder {m.group(0)})",
-                    did_you_mean(attr, sorted(self.known[sym]))
-                    + f"{sym} offers: {', '.join(sorted(self.known[sym]))}"))
-
-    def check_raw_xml(self, text: str, path: tuple) -> None:
-        """Placeholders, then (if they are fine) the XML itself, offline: it must parse, and reach nothing
-        on the host but the run's leased PCI devices, its own networks and the `host:` names it declares."""
-        before = len(self.problems)
-        self.check_placeholders(text, path)
-        if len(self.problems) > before:
-            return
-        r = xmlbuild.Resolved(   # stand-ins for what the run will lease and create
-            addrs={sym: xmlbuild.PciAddr(0xffff, 0xff, i // 8 % 32, i % 8) for i, sym in enumerate(self.devices)},
-            ifnames={sym: f"hx-lint-{sym}" for sym in self.devices},
-            networks={sym: f"hx-lint-{sym}" for sym in self.networks},
-            macs={dev_id: "52:54:00:00:00:00" for dev_id in self.ids})
-        filled = xmlbuild.fill(text, r)
-        try:
-            root, where = _parse_xml(filled)
-        except _XMLRefused as e:
-            self.problems.append(self.raw_xml_error(path, text, e.line, e.column, f"raw XML: {e.message}",
-                                                    "remove the DOCTYPE: libvirt XML needs no entities"))
-            return
-        except expat.ExpatError as e:
-            self.problems.append(self.raw_xml_error(path, text, e.lineno, e.offset + 1,
-                                                    f"raw XML does not parse: {expat.ErrorString(e.code)}",
-                                                    "paste well-formed libvirt XML (one element, quoted attributes, "
-                                                    "closed tags; declare xmlns: prefixes)"))
-            return
-        try:      # and as the run will parse it (ElementTree refuses some things expat takes, e.g. '}' in a URI)
-            ET.fromstring(filled)
-        except ET.ParseError as e:
-            line, column = e.position
-            self.problems.append(self.raw_xml_error(path, text, line, column + 1, f"raw XML does not parse: {e}",
-                                                    "paste well-formed libvirt XML; namespace URIs hold no braces"))
-            return
-        for el in root.iter():
-            if el.tag == "hostdev" or (el.tag == "interface" and el.get("type") == "hostdev"):
-                try:
-                    xmlbuild.only_leased_pci(el, r, "raw XML")
-                except HarnessError as e:
-                    at = next((a for a in el.iter("address") if id(a) in where), el)
-                    self.problems.append(self.raw_xml_error(
-                        path, text, *where[id(at)], f"raw XML: <{el.tag}> passes through a host PCI device by a "
-                        "literal address (or one that is not an address), not a device leased for the run",
-                        e.hint or ""))
-                    return
-        allowed = {"networks": set(r.networks.values()) | set(self.host.get("networks", [])),
-                   "bridges": set(self.host.get("bridges", [])),
-                   "nics": set(r.ifnames.values()) | set(self.host.get("nics", [])),
-                   "files": {xmlbuild.GUEST_KERNEL, xmlbuild.GUEST_INITRD}}
-        found = xmlbuild.host_resources(root, allowed)
-        if (path[-2] == "domain") != (root.tag == "domain"):
-            found.insert(0, (root, f"<{root.tag}> is not a {'domain' if path[-2] == 'domain' else 'device'}",
-                             "domain.xml is one <domain> element; a device's xml is one device element"))
-        if found:
-            el, message, hint = found[0]
-            line, column = where[id(el)]
-            self.problems.append(self.raw_xml_error(path, text, line, column, f"raw XML: {message}", hint))
-
-    def raw_xml_error(self, path: tuple, text: str, line: int, column: int, message: str, hint: str) -> ScenarioError:
-        """An error at (line, column) of raw XML: placeholders keep lines, so the line is exact."""
-        lines = text.rstrip("\n").split("\n")   # an error "at the end" is on the last line written
-        line = min(max(line, 1), len(lines))
-        offset = sum(len(ln) + 1 for ln in lines[:line - 1]) + min(column - 1, len(lines[line - 1]))
-        m = self.ld.text_mark(path, text, offset)
-        return self.ld.error(m.line, m.column, message, hint)
+    # -- model -----------------------------------------------------------------------------
 
     def scenario(self, part: dict) -> Scenario:
         base = part["base"]
@@ -558,41 +454,6 @@ def _group_depth(pattern: str) -> int:
             depth = depth + 1 if ch == "(" else max(depth - 1, 0)
             deepest = max(deepest, depth)
     return deepest
-
-
-class _XMLRefused(Exception):
-    def __init__(self, message: str, line: int, column: int):
-        super().__init__(message)
-        self.message, self.line, self.column = message, line, column
-
-
-def _parse_xml(text: str) -> tuple[ET.Element, dict[int, tuple[int, int]]]:
-    """ElementTree's tree (names as "{uri}local", like ET.fromstring) plus each element's line and column.
-
-    Raises expat.ExpatError where the text is not well-formed, _XMLRefused for a DOCTYPE (entities).
-    """
-    tb = ET.TreeBuilder()
-    where: dict[int, tuple[int, int]] = {}
-    p = expat.ParserCreate(namespace_separator=" ")
-
-    def name(n: str) -> str:
-        return "{%s}%s" % tuple(n.split(" ", 1)) if " " in n else n
-
-    def start(tag: str, attrs: dict[str, str]) -> None:
-        el = tb.start(name(tag), {name(k): v for k, v in attrs.items()})
-        where[id(el)] = (p.CurrentLineNumber, p.CurrentColumnNumber + 1)
-
-    def doctype(*_: Any) -> None:
-        raise _XMLRefused("a <!DOCTYPE> (with entity definitions) is not allowed", p.CurrentLineNumber,
-                          p.CurrentColumnNumber + 1)
-
-    p.StartElementHandler = start
-    p.EndElementHandler = lambda tag: tb.end(name(tag))
-    p.CharacterDataHandler = tb.data
-    p.StartDoctypeDeclHandler = doctype
-    p.buffer_text = True
-    p.Parse(text, True)
-    return tb.close(), where
 
 
 def _walk_steps(steps: list[dict], path: tuple) -> Iterable[tuple[dict, tuple]]:
