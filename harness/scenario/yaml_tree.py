@@ -305,6 +305,15 @@ class YamlTree:
         return value
 
 
+def value_at(data: Any, path: tuple | None, default: Any = None) -> Any:
+    """The plain data at a path (as YamlTree.mark takes it); `default` for no path."""
+    if path is None:
+        return default
+    for key in path:
+        data = data[key]
+    return data
+
+
 def split_lines(text: str) -> list[str]:
     """Lines as PyYAML counts them (its marks must agree with our snippets)."""
     lines = _LINE_BREAK.split(text)
