@@ -1,9 +1,10 @@
 """Scenario files -> validated Scenario objects, or one ScenarioError that points at the line to fix.
 
 The pipeline is: bytes -> strict UTF-8 -> YAML node tree (so every value keeps its line) -> plain
-data -> schema.json -> semantic checks (references, kinds, placeholders) -> model objects.
-Every failure is a ScenarioError with file:line:column, a hint and a snippet: collection must say
-what is wrong and how to fix it, never show a traceback.
+data (yaml_tree.py) -> schema.json (schema.py) -> semantic checks: references, kinds, placeholders
+(semantics.py, raw_xml.py) -> model objects (here). Every failure is a ScenarioError with
+file:line:column, a hint and a snippet: collection must say what is wrong and how to fix it, never
+show a traceback. This module is the entry the plugin, the explorer and the tests use.
 """
 from __future__ import annotations
 
@@ -14,12 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from harness.scenario import schema
+from harness.scenario.model import Device, Domain, HostDevice, Mark, Network, Scenario, Step
 from harness.scenario.schema import SCHEMA_PATH, actions
 from harness.scenario.semantics import Semantics
-from harness.scenario.model import Device, Domain, HostDevice, Mark, Network, Scenario, Step
+from harness.scenario.versions import parse_version_constraint, version_satisfies
 from harness.scenario.wording import DOC
 from harness.scenario.yaml_tree import MAX_BYTES, ScenarioError, YamlTree, snippet_from_file, value_at
-from harness.scenario.versions import parse_version_constraint, version_satisfies
 
 #: What other modules and tests import from here; some of it lives in the stage modules it belongs to.
 __all__ = ["PYTEST_MARKS", "SCHEMA_PATH", "ScenarioError", "actions", "check_unique_names", "load_file", "load_text",
@@ -93,7 +94,7 @@ class _Loader:
             self.validate(self.data)
             parts = Semantics(self.tree, self.data, self.reserved_tags).checked_parts()
             return [self.scenario(part) for part in parts]
-        except RecursionError:   # a safety net: the limits above should make this unreachable
+        except RecursionError:   # a safety net: yaml_tree's limits should make this unreachable
             raise self.tree.error(1, 1, "the file nests too deeply for the loader",
                                   "scenarios are shallow; look for runaway nesting, aliases or merges") from None
 
