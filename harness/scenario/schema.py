@@ -1,7 +1,7 @@
 """schema.json: what a scenario may contain, and a schema error as a message a person can act on.
 
 Why a module of its own: the schema is the single source of truth for keys and step actions (the
-loader, the explorer and the tests read `actions()`), and turning a jsonschema error into one located
+loader's stages and the tests read `actions()`), and turning a jsonschema error into one located
 message (the first in the file, the most telling of several, "did you mean", the schema's own
 description as the hint) is a craft of its own, independent of how the YAML was read.
 """

@@ -21,10 +21,10 @@ def parse_version_constraint(spec: str) -> Callable[[str], bool]:
     """'>=8.0, <10' -> predicate on version strings; dotted ints compare with missing parts as 0."""
     clauses = []
     for part in spec.split(","):
-        m = _CLAUSE.fullmatch(part)
-        if not m:
+        match = _CLAUSE.fullmatch(part)
+        if not match:
             raise ValueError(f"bad version constraint {spec!r}: expected e.g. '>=9.0.0' or '>=8.0, <10'")
-        clauses.append((_OPS[m.group(1)], _version_tuple(m.group(2))))
+        clauses.append((_OPS[match.group(1)], _version_tuple(match.group(2))))
 
     def satisfied(version: str) -> bool:
         have = _version_tuple(version)
@@ -38,10 +38,10 @@ def version_satisfies(version: str, spec: str) -> bool:
 
 
 def _version_tuple(version: str) -> tuple[int, ...]:
-    m = _VERSION.match(version)
-    if not m:
+    match = _VERSION.match(version)
+    if not match:
         raise ValueError(f"not a version: {version!r}")
-    return tuple(int(p) for p in m.group(1).split("."))
+    return tuple(int(p) for p in match.group(1).split("."))
 
 
 def _padded(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:

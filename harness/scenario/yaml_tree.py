@@ -28,7 +28,7 @@ MAX_NODES = 5_000      # values once aliases and merges are expanded; the catalo
 _MAP_TAG = "tag:yaml.org,2002:map"
 _SEQ_TAG = "tag:yaml.org,2002:seq"
 _MERGE_TAG = "tag:yaml.org,2002:merge"
-_SCALAR_TAGS = {f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "null", "timestamp")}
+_SCALAR_TAGS = {f"tag:yaml.org,2002:{kind}" for kind in ("str", "int", "float", "bool", "null", "timestamp")}
 _LINE_BREAK = re.compile(r"\r\n|[\n\r\x85\u2028\u2029]")
 
 
@@ -84,17 +84,17 @@ class YamlTree:
     def mark(self, path: tuple, key: bool = False) -> Mark:
         """Where `path` was written (its key with key=True); falls back to the closest parent."""
         if key and path in self.key_nodes:
-            m = self.key_nodes[path].start_mark
-            return Mark(self.file, m.line + 1, m.column + 1)
+            start = self.key_nodes[path].start_mark
+            return Mark(self.file, start.line + 1, start.column + 1)
         for n in range(len(path), -1, -1):
             if path[:n] in self.nodes:
-                m = self.nodes[path[:n]].start_mark
-                return Mark(self.file, m.line + 1, m.column + 1)
+                start = self.nodes[path[:n]].start_mark
+                return Mark(self.file, start.line + 1, start.column + 1)
         return Mark(self.file, 1, 1)
 
     def at(self, path: tuple, message: str, hint: str, key: bool = False) -> ScenarioError:
-        m = self.mark(path, key)
-        return self.error(m.line, m.column, message, hint)
+        where = self.mark(path, key)
+        return self.error(where.line, where.column, message, hint)
 
     def text_mark(self, path: tuple, text: str, offset: int) -> Mark:
         """The line and column of text[offset] inside a YAML string, where the style allows knowing it."""
