@@ -22,7 +22,8 @@ import time
 from harness import paths  # noqa: E402
 from harness.libvirt_build import bisect as bisect_mod  # noqa: E402
 from harness.libvirt_build import build as build_mod
-from harness.libvirt_build import chroot, install, mutants, sub
+from harness.libvirt_build import chroot, install, mutants
+from harness.libvirt_build.cache import sub
 
 
 def main() -> int:

@@ -235,8 +235,18 @@ def cmd_diff(args) -> int:
 
 
 def cmd_libvirt_build(args) -> int:
-    from harness.libvirt_build import cli_build
-    return cli_build(args)
+    """Build, print the build, optionally install into a bed."""
+    from harness.libvirt_build import build
+    b = build.build(args.suite, source_dir=args.source, debian_version=args.debian_version, patches=args.patch)
+    print(f"build {b.id}: libvirt {b.version} from {b.source}")
+    print(f"  tarball: {b.tarball}\n  times: {json.dumps(b.seconds)}")
+    if args.install:
+        from harness.bed import lifecycle
+        from harness.libvirt_build import install
+        bed = lifecycle.find(name=args.install)
+        secs = install.install(bed, b)
+        print(f"  installed into bed {bed.name} in {secs['total']} s; running: {install.installed_build(bed)['id']}")
+    return 0
 
 
 def cmd_mutants(args) -> int:
@@ -247,8 +257,11 @@ def cmd_mutants(args) -> int:
 
 
 def cmd_bisect(args) -> int:
-    from harness.libvirt_build import cli_bisect
-    return cli_bisect(args)
+    """Print the steps and the first bad commit; exit 0 when one was found."""
+    from harness.libvirt_build import bisect
+    r = bisect.bisect(args.source, args.good, args.bad, k=args.k, suite=args.suite, bed_name=args.bed)
+    print(bisect.format_result(r))
+    return 0 if r.get("first_bad") else 1
 
 
 def cmd_explore(args) -> int:
