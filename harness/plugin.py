@@ -21,6 +21,7 @@ from filelock import FileLock
 from harness import paths
 from harness.errors import HarnessError
 from harness.progress import say
+from harness.report.records import Failure, ScenarioRecord, StepFailed, StepRecord, as_json
 
 SCENARIO_DIRS = ("scenarios",)
 
@@ -151,7 +152,7 @@ class ScenarioItem(pytest.Item):
     def __init__(self, *, scenario, **kw):
         super().__init__(**kw)
         self.scenario = scenario
-        self.record: dict = {}
+        self.record: ScenarioRecord | None = None
 
     def reportinfo(self):
         line = self.scenario.mark.line - 1 if self.scenario.mark else 0
@@ -163,10 +164,7 @@ class ScenarioItem(pytest.Item):
         target = hx.target()
         sc = self.scenario
         art_rel = Path("artefacts") / sc.name
-        self.record = {"scenario": sc.name, "nodeid": self.nodeid, "file": sc.file,
-                       "line": sc.mark.line if sc.mark else 1, "tags": sc.tags, "guards": sc.guards,
-                       "verdict": "error", "duration_s": 0.0, "attempts": 0, "skip_reason": None,
-                       "failure": None, "steps": [], "artefacts": str(art_rel)}
+        self.record = ScenarioRecord.start(sc, self.nodeid, str(art_rel))
         if target.reaper is not None:
             target.reaper.collect()       # report the teardowns of earlier scenarios that have finished
         t0 = time.monotonic()
@@ -174,70 +172,71 @@ class ScenarioItem(pytest.Item):
         retries = self.config.getoption("hx_retries")
         try:
             for attempt in range(retries + 1):
-                self.record["attempts"] = attempt + 1
+                self.record.attempts = attempt + 1
                 art = hx.run_dir / art_rel
                 shutil.rmtree(art, ignore_errors=True)
                 runner = Runner(sc, target, art)
                 runner.on_teardown = self._teardown_done
                 self.runner = runner
                 try:
-                    self.record["steps"] = runner.run()
+                    self.record.steps = StepRecord.from_log(runner.run())
                     if runner.cleanup_problems:
                         raise CleanupFailure(runner.cleanup_problems)
-                    self.record["verdict"] = "passed"
-                    self.record["failure"] = None
+                    self.record.verdict = "passed"
+                    self.record.failure = None
                     return
                 except ScenarioSkip as e:
-                    self.record["verdict"] = "skipped"
-                    self.record["skip_reason"] = str(e)
+                    self.record.verdict = "skipped"
+                    self.record.skip_reason = str(e)
                     pytest.skip(str(e))
                 except StepFailure as e:
-                    self.record["steps"] = runner.steps_log
-                    self.record["verdict"] = "failed"
-                    self.record["failure"] = failure_dict(e, sc, str(art))
+                    self.record.steps = StepRecord.from_log(runner.steps_log)
+                    self.record.verdict = "failed"
+                    self.record.failure = StepFailed.of(e, sc, str(art))
                     if attempt == retries:
                         raise
                 except (HarnessError, libvirt.libvirtError) as e:   # infrastructure (a dropped connection,
                     # a stuck domain): also retried; the next attempt reconnects first
-                    self.record["steps"] = runner.steps_log
-                    self.record["verdict"] = "error"
+                    self.record.steps = StepRecord.from_log(runner.steps_log)
+                    self.record.verdict = "error"
                     where = "" if "during " in str(e) else f"during {runner.current or 'set-up'}: "
                     left = "".join(f"\n  {p}" for p in runner.cleanup_problems)
-                    self.record["failure"] = {"message": f"{sc.file}: {where}{e}{left}",
-                                              "check": "infrastructure", "artefacts": str(art)}
+                    self.record.failure = Failure(message=f"{sc.file}: {where}{e}{left}", check="infrastructure",
+                                                  artefacts=str(art))
                     if attempt == retries:
                         raise
                 except KeyboardInterrupt:
-                    self.record["steps"] = runner.steps_log
-                    self.record["verdict"] = "error"
-                    self.record["failure"] = {"message": f"{sc.file}: interrupted (Ctrl-C) during "
-                                                         f"{runner.current or 'set-up'}; " + ("cleanup: " + "; ".join(runner.cleanup_problems)
-                                                                if runner.cleanup_problems else "cleaned up"),
-                                              "check": "interrupted", "artefacts": str(art)}
+                    self.record.steps = StepRecord.from_log(runner.steps_log)
+                    self.record.verdict = "error"
+                    self.record.failure = Failure(
+                        message=f"{sc.file}: interrupted (Ctrl-C) during {runner.current or 'set-up'}; "
+                                + ("cleanup: " + "; ".join(runner.cleanup_problems) if runner.cleanup_problems
+                                   else "cleaned up"),
+                        check="interrupted", artefacts=str(art))
                     raise
         finally:
-            self.record["duration_s"] = round(time.monotonic() - t0, 3)
-            self.record["libvirt_s"] = round(target.libvirt_seconds - lv0, 3)
-            self.record["libvirt_version"] = target.libvirt_version
-            self.record["phases"] = getattr(self, "runner", None) and self.runner.phases or []
+            self.record.duration_s = round(time.monotonic() - t0, 3)
+            self.record.libvirt_s = round(target.libvirt_seconds - lv0, 3)
+            self.record.libvirt_version = target.libvirt_version
+            self.record.phases = getattr(self, "runner", None) and self.runner.phases or []
             hx.save_record(self.record)
 
     def _teardown_done(self, job) -> None:
         """A teardown handed off after this scenario passed has finished: record it; a teardown that left
         something behind makes the scenario an error and fails the run."""
         runner = self.runner
-        self.record["teardown_s"] = round(job.seconds, 3)
-        self.record["phases"] = runner.phases
+        self.record.teardown_s = round(job.seconds, 3)
+        self.record.phases = runner.phases
         problems = list(runner.cleanup_problems) + ([job.error] if job.error else [])
         if problems:
-            self.record["verdict"] = "error"
-            self.record["failure"] = {
-                "message": f"{self.scenario.file}: the steps passed, but the teardown after them left something "
-                           "behind:\n  " + "\n  ".join(problems),
-                "check": "cleanup", "artefacts": self.record["artefacts"]}
+            self.record.verdict = "error"
+            self.record.failure = Failure(
+                message=f"{self.scenario.file}: the steps passed, but the teardown after them left something "
+                        "behind:\n  " + "\n  ".join(problems),
+                check="cleanup", artefacts=self.record.artefacts)
             self.session.testsfailed += 1
             tr = self.config.pluginmanager.get_plugin("terminalreporter")
-            msg = f"harness: scenario {self.scenario.name}: {self.record['failure']['message']}"
+            msg = f"harness: scenario {self.scenario.name}: {self.record.failure.message}"
             if tr is not None:
                 tr.write_line(msg, red=True)
             else:
@@ -248,12 +247,12 @@ class ScenarioItem(pytest.Item):
         from harness.engine.runner import StepFailure
         from harness.scenario.loader import ScenarioError
         e = excinfo.value
+        f = self.record.failure if self.record is not None else None
         if isinstance(e, StepFailure):
-            return format_failure(self.record["failure"], self.scenario)
-        if isinstance(e, (HarnessError, libvirt.libvirtError)) and (self.record.get("failure") or {}).get("message"):
-            f = self.record["failure"]
+            return f.describe(self.scenario)
+        if isinstance(e, (HarnessError, libvirt.libvirtError)) and f is not None and f.message:
             return (f"scenario {self.scenario.name}: infrastructure error (not a verdict on libvirt's aliases)\n"
-                    f"  {f['message']}\n  artefacts: {f['artefacts']}")
+                    f"  {f.message}\n  artefacts: {f.artefacts}")
         if isinstance(e, (HarnessError, ScenarioError, CleanupFailure)):
             return f"scenario {self.scenario.name}: {e}"
         return super().repr_failure(excinfo, style)
@@ -262,30 +261,6 @@ class ScenarioItem(pytest.Item):
 class CleanupFailure(Exception):
     def __init__(self, problems):
         super().__init__("cleanup left something behind:\n  " + "\n  ".join(problems))
-
-
-def failure_dict(e, sc, artefacts: str) -> dict:
-    return {"step_index": e.index, "step": e.step.describe(), "line": e.step.mark.line if e.step.mark else None,
-            "check": e.check, "expected": e.expected, "actual": e.actual, "libvirt_error": e.libvirt_error,
-            "violations": [str(v) for v in e.violations], "artefacts": artefacts, "evidence": e.evidence,
-            "message": f"{sc.file}:{e.step.mark.line if e.step.mark else '?'}: step {e.index + 1} "
-                       f"'{e.step.describe()}' [{e.check}] expected {e.expected}; got {e.actual}"}
-
-
-def format_failure(f: dict, sc) -> str:
-    lines = [f"scenario {sc.name} failed at step {f['step_index'] + 1} '{f['step']}' ({sc.file}:{f['line']})",
-             f"  guards:    {' '.join(sc.guards.split())[:160]}",
-             f"  check:     {f['check']}",
-             f"  expected:  {f['expected']}",
-             f"  actual:    {f['actual']}"]
-    if f.get("libvirt_error"):
-        lines.append(f"  libvirt:   {f['libvirt_error']}")
-    for v in f.get("violations", [])[1:]:
-        lines.append(f"  also:      {v}")
-    if f.get("evidence"):
-        lines += ["  qemu.log (last lines):"] + [f"    {ln}" for ln in f["evidence"].splitlines()]
-    lines.append(f"  artefacts: {f['artefacts']}  (live/inactive XML per step, qemu.log, libvirtd.log)")
-    return "\n".join(lines)
 
 
 class HarnessSession:
@@ -302,7 +277,7 @@ class HarnessSession:
         # Records and meta.json the results disk refused (full): kept here until the summary is written.
         self.spill = paths.beds_dir() / f"session-{sid}.spill"
         self.run_dir: Path | None = None
-        self._records: dict[str, dict] = {}    # this process's records, in case no disk takes them
+        self._records: dict[str, ScenarioRecord | dict] = {}    # this process's records, in case no disk takes them
         self._meta: dict | None = None
         self._keep: set[Path] = set()          # session files finish() must not remove (they hold verdicts)
 
@@ -371,7 +346,7 @@ class HarnessSession:
             flag.write_text("ok")
 
     # ---- results ---------------------------------------------------------------------
-    def save_record(self, record: dict) -> None:
+    def save_record(self, record: ScenarioRecord | dict) -> None:
         """One scenario's record (its verdict), on disk at once: xdist workers hand theirs over this way.
 
         Written atomically and redacted (a kept record may be uploaded with results/). A results disk
@@ -379,11 +354,12 @@ class HarnessSession:
         scenario's own exception (its verdict) is on its way to pytest.
         """
         from harness.report import run as report
-        self._records[record["scenario"]] = record
+        data = as_json(record)
+        self._records[data["scenario"]] = record
         try:
-            self._put(f"records/{record['scenario']}.json", json.dumps(report.redact_tree(record), indent=1))
+            self._put(f"records/{data['scenario']}.json", json.dumps(report.redact_tree(data), indent=1))
         except OSError as e:
-            say(f"could not keep the record of {record['scenario']} (verdict {record.get('verdict')}) on any "
+            say(f"could not keep the record of {data['scenario']} (verdict {data.get('verdict')}) on any "
                 f"disk: {report.os_error_text(e)}", warn=True)
 
     def _put(self, rel: str, text: str) -> Path:
@@ -503,7 +479,7 @@ class HarnessSession:
                     by_name[rec["scenario"]] = rec
                 except (OSError, ValueError, KeyError) as e:
                     say(f"skipping unreadable record {p}: {e}", warn=True)
-        by_name.update(self._records)
+        by_name.update({name: as_json(rec) for name, rec in self._records.items()})
         return [by_name[k] for k in sorted(by_name)]
 
     def _run_meta(self, run_dir: Path) -> dict:
