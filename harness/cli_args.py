@@ -8,6 +8,8 @@ import shlex
 import sys
 from pathlib import Path
 
+# bed.image, explore.command (Hypothesis) and report.diff_model are imported by the check that needs them:
+# each costs more than the whole of harness.cli, and most commands use none or one of them.
 
 class Parser(argparse.ArgumentParser):
     def error(self, message):   # one line, whatever the user typed (newlines, control characters)
