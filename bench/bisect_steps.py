@@ -20,9 +20,11 @@ import shutil
 import time
 
 from harness import paths  # noqa: E402
+from harness.bed import lifecycle
 from harness.libvirt_build import bisect as bisect_mod  # noqa: E402
 from harness.libvirt_build import build as build_mod
-from harness.libvirt_build import chroot, install, mutants, sub
+from harness.libvirt_build import chroot, install, mutants
+from harness.libvirt_build.cache import sub
 
 
 def main() -> int:
@@ -33,7 +35,6 @@ def main() -> int:
     ap.add_argument("--fresh-chroot", action="store_true")
     ap.add_argument("--cold-ccache", action="store_true", help="empty ccache and build dirs first (true first build)")
     a = ap.parse_args()
-    from harness.bed import lifecycle
     bed = lifecycle.find(name=a.bed)
     out: dict = {"suite": a.suite, "bed": bed.name, "k": a.k, "cpus": os.cpu_count(),
                  "loadavg_start": os.getloadavg()}

@@ -3,15 +3,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import shlex
 import subprocess
 import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from harness import paths
+from harness import cli_args, paths
+from harness.bed import state, status
 from harness.errors import HarnessError
+from harness.report import html as html_report
+
+# Each command imports the modules only it needs (bed, engine, libvirt builds, diff, explore) when it runs:
+# any of them costs as much as this whole module, and `harness --help` or a refused argument need none.
 
 
 def _bed_target(args):
@@ -51,7 +55,7 @@ def cmd_bed_up(args) -> int:
 
 
 def cmd_bed_status(args) -> int:
-    from harness.bed import lifecycle, state, status
+    from harness.bed import lifecycle
     beds = state.all_beds()
     if args.name:
         beds = [b for b in beds if b.name == args.name]
@@ -98,7 +102,7 @@ def cmd_bed_status(args) -> int:
 
 
 def cmd_bed_down(args) -> int:
-    from harness.bed import lifecycle, state
+    from harness.bed import lifecycle
     if not (args.name or args.suite_filter or args.all):
         raise HarnessError("say which bed to take down", hint="--name NAME, --suite S, or --all")
     names = [args.name] if args.name else [b.name for b in state.all_beds()
@@ -126,7 +130,7 @@ def _pytest(argv: list[str]) -> int:
 
 def cmd_run(args, extra: list[str]) -> int:
     """The main job: build or reuse the bed, bring it up, run every scenario, write results."""
-    from harness.bed import image, lifecycle, state
+    from harness.bed import image, lifecycle
     image.build(args.suite)
     existing = [b for b in state.all_beds() if b.suite == args.suite and b.via == args.via]
     bed = lifecycle.up(suite=args.suite, via=args.via)
@@ -208,7 +212,6 @@ def _write_diff(run_a: str, run_b: str, acks: Path, *, html: bool, json_out: Pat
                 show_all: bool = False) -> int:
     """Print the diff of two runs, write its JSON (and the HTML section); 0 nothing new, 1 new differences."""
     from harness.report import diff
-    from harness.report import html as html_report
     from harness.report.run import load_summary, write_atomic
     result = diff.diff_runs(run_a, run_b, acks)
     print(diff.render_text(result, show_acknowledged=show_all), end="")
@@ -235,8 +238,18 @@ def cmd_diff(args) -> int:
 
 
 def cmd_libvirt_build(args) -> int:
-    from harness.libvirt_build import cli_build
-    return cli_build(args)
+    """Build, print the build, optionally install into a bed."""
+    from harness.libvirt_build import build
+    b = build.build(args.suite, source_dir=args.source, debian_version=args.debian_version, patches=args.patch)
+    print(f"build {b.id}: libvirt {b.version} from {b.source}")
+    print(f"  tarball: {b.tarball}\n  times: {json.dumps(b.seconds)}")
+    if args.install:
+        from harness.bed import lifecycle
+        from harness.libvirt_build import install
+        bed = lifecycle.find(name=args.install)
+        secs = install.install(bed, b)
+        print(f"  installed into bed {bed.name} in {secs['total']} s; running: {install.installed_build(bed)['id']}")
+    return 0
 
 
 def cmd_mutants(args) -> int:
@@ -247,8 +260,11 @@ def cmd_mutants(args) -> int:
 
 
 def cmd_bisect(args) -> int:
-    from harness.libvirt_build import cli_bisect
-    return cli_bisect(args)
+    """Print the steps and the first bad commit; exit 0 when one was found."""
+    from harness.libvirt_build import bisect
+    r = bisect.bisect(args.source, args.good, args.bad, k=args.k, suite=args.suite, bed_name=args.bed)
+    print(bisect.format_result(r))
+    return 0 if r.get("first_bad") else 1
 
 
 def cmd_explore(args) -> int:
@@ -256,176 +272,48 @@ def cmd_explore(args) -> int:
     return command.run(args)
 
 
-# --- argument checks: a bad value fails at parse time, naming the option, before anything is built or booted ---
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):   # one line, whatever the user typed (newlines, control characters)
-        super().error("".join(c if c.isprintable() else repr(c)[1:-1] for c in message))
-
-    def parse_known_args(self, args=None, namespace=None):
-        # argparse turns `--opt=--` into an empty list without calling the option's type check, so the
-        # command got [] for e.g. --suite (a TypeError deep in the image code). Refuse it for every option.
-        for tok in (sys.argv[1:] if args is None else args):
-            if isinstance(tok, str) and re.fullmatch(r"--[\w-]+=--", tok):
-                self.error(f"argument {tok[:-3]}: expected one argument")
-        return super().parse_known_args(args, namespace)
-
-
-def _build_id(value: str) -> str:
-    if not re.fullmatch(r"[0-9a-f]{18}", value):
-        raise argparse.ArgumentTypeError(f"a build id is 18 hex digits (as 'harness libvirt build' prints), got {value!r}")
-    return value
-
-
-def _suite(value: str) -> str:
-    from harness.bed.image import SUITES
-    if value not in SUITES:
-        raise argparse.ArgumentTypeError(f"unknown suite {value[:40]!r} (choose one of: {', '.join(SUITES)})")
-    return value
-
-
-def _suites(value: str) -> str:
-    names = [s for s in value.split(",") if s]
-    if not names:
-        raise argparse.ArgumentTypeError(f"expected a comma-separated list of suites, got {value[:40]!r}")
-    for s in names:
-        _suite(s)
-    return value
-
-
-def _int_in(lo: int, hi: int, *words: str):
-    def check(value: str):
-        if value in words:
-            return value
-        try:
-            n = int(value)
-        except ValueError:   # also: more digits than int() accepts
-            n = None
-        if n is None or not lo <= n <= hi:
-            extra = "".join(f" or {w!r}" for w in words)
-            raise argparse.ArgumentTypeError(f"expected an integer from {lo} to {hi}{extra}, got {value[:40]!r}")
-        return n
-    return check
-
-
-_BED_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
-
-
-def _duration(value: str) -> float:
-    from harness.explore.command import parse_duration
-    try:
-        return parse_duration(value)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
-def _bed_name(value: str) -> str:
-    """Bed names become folder names under the cache (removed on 'bed up'/'down') and QEMU/ssh names."""
-    if not _BED_NAME.fullmatch(value):
-        raise argparse.ArgumentTypeError(f"invalid bed name {value[:40]!r} (letters, digits, '.', '_', '-'; "
-                                         "starting with a letter or digit; at most 63)")
-    return value
-
-
-def _is(value: str, kind: str) -> bool:
-    """Path(value).is_dir()/is_file()/exists(), False for names the OS refuses (too long, NUL byte)."""
-    try:
-        return bool(value) and getattr(Path(value), kind)()
-    except (OSError, ValueError):
-        return False
-
-
-def _existing_dir(value: str) -> str:
-    if not _is(value, "is_dir"):
-        raise argparse.ArgumentTypeError(f"no such directory: {value[:80]!r}")
-    return value
-
-
-def _existing_file(value: str) -> str:
-    if not _is(value, "is_file"):
-        raise argparse.ArgumentTypeError(f"no such file: {value[:80]!r}")
-    return value
-
-
-def _run_dir(value: str) -> str:
-    _existing_dir(value)
-    if not _is(str(Path(value) / "summary.json"), "is_file"):
-        raise argparse.ArgumentTypeError(f"{value[:80]!r} is not a run folder (no summary.json)")
-    return value
-
-
-def _new_dir(value: str) -> str:
-    if not value or "\0" in value or len(value) > 4000 or (_is(value, "exists") and not _is(value, "is_dir")):
-        raise argparse.ArgumentTypeError(f"{value[:80]!r} is not a folder to write into")
-    return value
-
-
-def _diff_run(value: str) -> str:
-    """A finished run folder; the error quotes the value whole (shell-quoted) and says what to pass instead."""
-    from harness.report.diff_model import nearby
-    shown = shlex.quote(value)
-    if not _is(value, "is_dir"):
-        try:
-            hint = nearby(Path(value))
-        except (OSError, ValueError):
-            hint = "give a folder under results/"
-        raise argparse.ArgumentTypeError(f"no run folder {shown}: {hint}")
-    if not _is(str(Path(value) / "summary.json"), "is_file"):
-        busy = _is(str(Path(value) / "records"), "is_dir") or _is(str(Path(value) / "meta.json"), "is_file")
-        raise argparse.ArgumentTypeError(
-            f"{shown} has no summary.json: " + ("the run is still being written or was interrupted; wait for it "
-                                                "to finish" if busy else "not a run folder; give one under results/"))
-    return value
-
-
-def _json_out(value: str) -> str:
-    if not value or "\0" in value or _is(value, "is_dir"):
-        raise argparse.ArgumentTypeError(f"{shlex.quote(value)} is not a file to write the diff into")
-    return value
-
-
 def _run_options(p: argparse.ArgumentParser, workers_help: str) -> None:
     """-n and --retries, as `run` and `matrix` (which runs `run` per suite) both take them."""
-    p.add_argument("-n", dest="workers", type=_int_in(1, 1024, "auto", "logical"), help=workers_help)
-    p.add_argument("--retries", type=_int_in(0, 100), default=0)
+    p.add_argument("-n", dest="workers", type=cli_args.int_in(1, 1024, "auto", "logical"), help=workers_help)
+    p.add_argument("--retries", type=cli_args.int_in(0, 100), default=0)
 
 
 def parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="harness", description=__doc__)
+    p = cli_args.Parser(prog="harness", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
     bed = sub.add_parser("bed", help="the test bed VM").add_subparsers(dest="bedcmd", required=True)
     b = bed.add_parser("build", help="build (or reuse) the bed image from Debian packages")
-    b.add_argument("--suite", default="trixie", type=_suite)
+    b.add_argument("--suite", default="trixie", type=cli_args.suite)
     b.add_argument("--box", action="store_true", help="also build the vagrant-libvirt box")
     b.add_argument("--force", action="store_true", help="rebuild even if cached")
     b.set_defaults(fn=cmd_bed_build)
     u = bed.add_parser("up", help="boot a bed and wait until libvirtd answers")
-    u.add_argument("--suite", default="trixie", type=_suite)
+    u.add_argument("--suite", default="trixie", type=cli_args.suite)
     u.add_argument("--via", choices=["qemu", "vagrant"], default="qemu")
-    u.add_argument("--name", type=_bed_name)
-    u.add_argument("--memory", type=_int_in(512, 1 << 20), default=4096, help="MiB")
-    u.add_argument("--cpus", type=_int_in(1, 1024), default=2)
-    u.add_argument("--vfs", type=_int_in(1, 7), default=4, help="VFs per igb PF (1-7)")
-    u.add_argument("--port", type=_int_in(1, 65535), help="host port for SSH on 127.0.0.1 (default: a free one)")
+    u.add_argument("--name", type=cli_args.bed_name)
+    u.add_argument("--memory", type=cli_args.int_in(512, 1 << 20), default=4096, help="MiB")
+    u.add_argument("--cpus", type=cli_args.int_in(1, 1024), default=2)
+    u.add_argument("--vfs", type=cli_args.int_in(1, 7), default=4, help="VFs per igb PF (1-7)")
+    u.add_argument("--port", type=cli_args.int_in(1, 65535), help="host port for SSH on 127.0.0.1 (default: a free one)")
     u.add_argument("--accel", choices=["kvm", "tcg"], help="skip detection")
-    u.add_argument("--libvirt-build", metavar="ID", type=_build_id,
+    u.add_argument("--libvirt-build", metavar="ID", type=cli_args.build_id,
                    help="then install this libvirt build (the id 'harness libvirt build' prints) and restart libvirtd")
     u.set_defaults(fn=cmd_bed_up)
     s = bed.add_parser("status", help="beds and their preconditions (testinfra)")
     s.add_argument("--json", action="store_true")
-    s.add_argument("--name", type=_bed_name)
+    s.add_argument("--name", type=cli_args.bed_name)
     s.set_defaults(fn=cmd_bed_status)
     d = bed.add_parser("down", help="stop a bed and remove everything it left")
-    d.add_argument("--name", type=_bed_name)
-    d.add_argument("--suite", dest="suite_filter", type=_suite)
+    d.add_argument("--name", type=cli_args.bed_name)
+    d.add_argument("--suite", dest="suite_filter", type=cli_args.suite)
     d.add_argument("--all", action="store_true", help="every bed that is up")
     d.set_defaults(fn=cmd_bed_down)
     w = bed.add_parser("sweep", help="remove hx-* domains and networks left by earlier runs")
-    w.add_argument("--name", type=_bed_name)
-    w.add_argument("--suite", dest="suite_filter", type=_suite)
+    w.add_argument("--name", type=cli_args.bed_name)
+    w.add_argument("--suite", dest="suite_filter", type=cli_args.suite)
     w.set_defaults(fn=cmd_bed_sweep)
     r = sub.add_parser("run", help="main job: bed up (build if needed), run every scenario, write results/")
-    r.add_argument("--suite", default="trixie", type=_suite)
+    r.add_argument("--suite", default="trixie", type=cli_args.suite)
     r.add_argument("--via", choices=["qemu", "vagrant"], default="qemu")
     r.add_argument("-k", help="pytest -k expression")
     r.add_argument("-m", help="pytest -m expression (scenario tags)")
@@ -437,39 +325,43 @@ def parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("report", help="compare a run with the previous one, or merge shards")
     rp.add_argument("--compare", action="store_true", help="(default) new failures, fixed, still failing, flaky")
     rp.add_argument("--run", help="run folder name (default: the newest)")
-    rp.add_argument("--merge", nargs="+", type=_run_dir, help="shard run folders to merge")
-    rp.add_argument("--out", type=_new_dir, help="with --merge: the merged run folder")
+    rp.add_argument("--merge", nargs="+", type=cli_args.run_dir, help="shard run folders to merge")
+    rp.add_argument("--out", type=cli_args.new_dir, help="with --merge: the merged run folder")
     rp.set_defaults(fn=cmd_report)
     m = sub.add_parser("matrix", help="run the catalog on a bed of each suite; scenario x libvirt table")
-    m.add_argument("--suites", default="bookworm,trixie", type=_suites)
+    m.add_argument("--suites", default="bookworm,trixie", type=cli_args.suites)
     m.add_argument("-k")
     _run_options(m, workers_help="pytest-xdist workers per suite")
     m.add_argument("--diff", action="store_true",
                    help="diff each suite's run against the previous suite's (harness diff; known-differences.yaml)")
     m.set_defaults(fn=cmd_matrix)
     df = sub.add_parser("diff", help="every outward difference between two runs (aliases, errors, QEMU ids, XML)")
-    df.add_argument("run_a", metavar="RUN_A", type=_diff_run, help="the run to compare with (e.g. the older libvirt)")
-    df.add_argument("run_b", metavar="RUN_B", type=_diff_run, help="the run under review")
-    df.add_argument("--acks", type=_existing_file,
+    df.add_argument("run_a", metavar="RUN_A", type=cli_args.diff_run,
+                    help="the run to compare with (e.g. the older libvirt)")
+    df.add_argument("run_b", metavar="RUN_B", type=cli_args.diff_run, help="the run under review")
+    df.add_argument("--acks", type=cli_args.existing_file,
                     help="acknowledged differences (default: known-differences.yaml at the top of the repository)")
-    df.add_argument("--json", type=_json_out, help="write the JSON here (default: RUN_B/diff-<RUN_A>.json)")
+    df.add_argument("--json", type=cli_args.json_out, help="write the JSON here (default: RUN_B/diff-<RUN_A>.json)")
     df.add_argument("--html", action="store_true", help="rewrite RUN_B/report.html with a 'Differences from RUN_A' section")
     df.add_argument("--all", action="store_true", help="also print the acknowledged differences")
     df.set_defaults(fn=cmd_diff)
     lv = sub.add_parser("libvirt", help="libvirt built from source for the bed").add_subparsers(dest="lvcmd", required=True)
     lb = lv.add_parser("build", help="build libvirt (Debian source or a git tree) in a chroot of the suite")
-    lb.add_argument("--suite", default="trixie", type=_suite)
+    lb.add_argument("--suite", default="trixie", type=cli_args.suite)
     lb_src = lb.add_mutually_exclusive_group()
-    lb_src.add_argument("--source", type=_existing_dir, help="a libvirt source tree (git) instead of Debian's source")
+    lb_src.add_argument("--source", type=cli_args.existing_dir,
+                        help="a libvirt source tree (git) instead of Debian's source")
     lb_src.add_argument("--debian-version", help="Debian source version (default: the suite's)")
-    lb.add_argument("--patch", action="append", default=[], type=_existing_file, help="patch to apply (repeatable)")
-    lb.add_argument("--install", metavar="BED", type=_bed_name, help="also install the build into this running bed")
+    lb.add_argument("--patch", action="append", default=[], type=cli_args.existing_file,
+                    help="patch to apply (repeatable)")
+    lb.add_argument("--install", metavar="BED", type=cli_args.bed_name,
+                    help="also install the build into this running bed")
     lb.set_defaults(fn=cmd_libvirt_build)
     mu = sub.add_parser("mutants", help="build control + each mutants/*.patch, run the catalog on each")
-    mu.add_argument("--suite", default="trixie", type=_suite)
-    mu.add_argument("--bed", type=_bed_name, help="running bed to use (default: bring up hx-mutants-SUITE)")
+    mu.add_argument("--suite", default="trixie", type=cli_args.suite)
+    mu.add_argument("--bed", type=cli_args.bed_name, help="running bed to use (default: bring up hx-mutants-SUITE)")
     mu.add_argument("-k", help="pytest -k expression (default: the whole catalog)")
-    mu.add_argument("-n", dest="workers", type=_int_in(1, 1024, "auto", "logical"),
+    mu.add_argument("-n", dest="workers", type=cli_args.int_in(1, 1024, "auto", "logical"),
                     help="pytest-xdist workers per scenario run (the bed's VFs are leased)")
     mu.add_argument("--debian-version")
     mu.add_argument("--only", action="append", help="only mutants whose name contains this (repeatable)")
@@ -480,24 +372,25 @@ def parser() -> argparse.ArgumentParser:
                     help="build control and mutants (cached for the next run) and stop: no bed, no scenarios")
     mu.set_defaults(fn=cmd_mutants)
     bi = sub.add_parser("bisect", help="git bisect run: build, install into the bed, run scenarios per step")
-    bi.add_argument("--source", required=True, type=_existing_dir, help="libvirt git tree")
+    bi.add_argument("--source", required=True, type=cli_args.existing_dir, help="libvirt git tree")
     bi.add_argument("--good", required=True)
     bi.add_argument("--bad", required=True)
     bi.add_argument("-k", help="pytest -k expression selecting the scenarios")
-    bi.add_argument("--suite", default="trixie", type=_suite)
-    bi.add_argument("--bed", type=_bed_name, help="running bed (default: the suite's)")
+    bi.add_argument("--suite", default="trixie", type=cli_args.suite)
+    bi.add_argument("--bed", type=cli_args.bed_name, help="running bed (default: the suite's)")
     bi.set_defaults(fn=cmd_bisect)
     ex = sub.add_parser("explore", help="random stateful sequences of the step kinds; a failure -> minimal scenario")
-    ex.add_argument("--budget", default=600.0, type=_duration, help="search time, e.g. 10m (default), 90s, 1h")
-    ex.add_argument("--shrink-budget", default=300.0, type=_duration,
+    ex.add_argument("--budget", default=600.0, type=cli_args.duration, help="search time, e.g. 10m (default), 90s, 1h")
+    ex.add_argument("--shrink-budget", default=300.0, type=cli_args.duration,
                     help="time for shrinking a failure to a minimal sequence (default 5m)")
-    ex.add_argument("--seed", type=_int_in(0, 2 ** 32 - 1), help="repeat the sequences of that run (no database)")
-    ex.add_argument("--suite", default="trixie", type=_suite,
+    ex.add_argument("--seed", type=cli_args.int_in(0, 2 ** 32 - 1),
+                    help="repeat the sequences of that run (no database)")
+    ex.add_argument("--suite", default="trixie", type=cli_args.suite,
                     help="use the running bed of this suite (else bring one up for the run)")
-    ex.add_argument("--bed", type=_bed_name, help="running bed to use")
-    ex.add_argument("-n", dest="max_sequences", type=_int_in(1, 1_000_000),
+    ex.add_argument("--bed", type=cli_args.bed_name, help="running bed to use")
+    ex.add_argument("-n", dest="max_sequences", type=cli_args.int_in(1, 1_000_000),
                     help="stop after N sequences (default: when the budget is spent)")
-    ex.add_argument("--max-rules", type=_int_in(1, 50), default=5,
+    ex.add_argument("--max-rules", type=cli_args.int_in(1, 50), default=5,
                     help="rules per sequence, the domain start included (default 5: short sequences, tried often)")
     ex.set_defaults(fn=cmd_explore)
     return p

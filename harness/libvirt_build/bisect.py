@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,7 +20,11 @@ import traceback
 from pathlib import Path
 
 from harness import paths
+from harness.bed import lifecycle
 from harness.errors import HarnessError
+from harness.libvirt_build import build as build_mod
+from harness.libvirt_build import install as install_mod
+from harness.libvirt_build import mutants, source
 from harness.progress import say
 
 GOOD, BAD, SKIP = 0, 1, 125
@@ -35,9 +40,6 @@ def _git(tree: Path, *args: str, check: bool = True, timeout: float = 120) -> su
 
 def step(source_dir: str, suite: str, bed_name: str, k: str | None, log_dir: str) -> int:
     """One bisect step on the currently checked-out commit. Never raises; returns 0/1/125."""
-    from harness.libvirt_build import build as build_mod
-    from harness.libvirt_build import install as install_mod
-    from harness.libvirt_build import mutants
     tree = Path(source_dir)
     logd = Path(log_dir)
     logd.mkdir(parents=True, exist_ok=True)
@@ -74,7 +76,6 @@ def step(source_dir: str, suite: str, bed_name: str, k: str | None, log_dir: str
         rec["build"] = b.id
         rec["seconds"]["build"] = round(time.monotonic() - t, 1)
         rec["build_seconds"] = b.seconds
-        from harness.bed import lifecycle
         try:
             bed = lifecycle.find(name=bed_name)
         except HarnessError as e:
@@ -125,7 +126,6 @@ def bisect(source_dir: str, good: str, bad: str, k: str | None = None, suite: st
         raise HarnessError(f"{tree} has uncommitted changes", hint="commit or stash them: bisect checks out commits")
     if (tree / ".git" / "BISECT_START").exists():
         raise HarnessError(f"a bisect is already in progress in {tree}", hint="git bisect reset")
-    from harness.bed import lifecycle
     bed = lifecycle.find(name=bed_name, suite=None if bed_name else suite)
     stamp = time.strftime("%Y%m%dT%H%M%S")
     log_dir = (out or paths.results_dir() / "bisect") / stamp
@@ -220,10 +220,7 @@ def make_demo_repo(dest: Path, suite: str = "trixie", mutant: Path | None = None
 
     Returns {base, commits: [{sha, subject, kind}], broken, mutant}.
     """
-    import shutil
-    from harness.libvirt_build import source
-    from harness.libvirt_build.mutants import MUTANTS_DIR
-    mutant = mutant or next(MUTANTS_DIR.glob("A-*.patch"))
+    mutant = mutant or next(mutants.MUTANTS_DIR.glob("A-*.patch"))
     base_tree = source.prepare(suite)
     if dest.exists():
         shutil.rmtree(dest)

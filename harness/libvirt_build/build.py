@@ -24,7 +24,8 @@ from pathlib import Path
 from filelock import FileLock
 
 from harness.errors import HarnessError
-from harness.libvirt_build import chroot, source, sub
+from harness.libvirt_build import chroot, source
+from harness.libvirt_build.cache import sub
 from harness.progress import say
 
 PLACEHOLDER = "hx-000000000000000000"          # same length as "hx-" + 18-char build id

@@ -18,7 +18,7 @@ from filelock import FileLock
 
 from harness.bed import image
 from harness.errors import HarnessError
-from harness.libvirt_build import sub
+from harness.libvirt_build.cache import sub
 from harness.progress import say
 
 #: libvirt's build dependencies for the drivers the bed needs (a hand list: `apt-get build-dep` adds 172

@@ -27,7 +27,8 @@ from filelock import FileLock
 from harness.bed import image
 from harness.errors import HarnessError
 from harness.libvirt_build import build as build_mod
-from harness.libvirt_build import source, sub
+from harness.libvirt_build import source
+from harness.libvirt_build.cache import sub
 from harness.progress import say
 
 KEYRING = source.KEYRING

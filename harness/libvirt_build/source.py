@@ -19,7 +19,7 @@ from filelock import FileLock
 
 from harness.bed import image
 from harness.errors import HarnessError
-from harness.libvirt_build import sub
+from harness.libvirt_build.cache import sub
 from harness.progress import say
 
 KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"

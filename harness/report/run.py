@@ -1,7 +1,7 @@
 """One run on disk: results/<run dir>/{summary.json, report.html, artefacts/}, plus results/history.jsonl.
 
-Pure Python, no libvirt: the pytest plugin hands over run metadata and one record per scenario
-(see tests/unit/test_report.py for the shape) and this module writes what QA reads.
+Pure Python, no libvirt: run_folder.py hands over run metadata and one record per scenario
+(records.py has the shape) and this module writes what QA reads.
 
 Run directories are named `<YYYY-MM-DD>_<suite>_<libvirt-version>` (date of the run's start, UTC).
 A second run of the same suite and libvirt on the same day gets `.2`, then `.3`, ... so a run never

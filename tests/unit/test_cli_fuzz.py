@@ -23,7 +23,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from harness import cli
+from harness import cli, cli_args
 from harness.bed.image import SUITES
 from harness.scenario.loader import ScenarioError, load_text
 
@@ -128,7 +128,7 @@ def _takes_extra(p: argparse.ArgumentParser) -> bool:
 
 
 def _int_bounds(action) -> tuple[int, int, tuple] | None:
-    if getattr(action.type, "__qualname__", "") != "_int_in.<locals>.check":
+    if getattr(action.type, "__qualname__", "") != "int_in.<locals>.check":
         return None
     nl = inspect.getclosurevars(action.type).nonlocals
     return nl["lo"], nl["hi"], nl["words"]
@@ -145,11 +145,11 @@ def valid_value(action) -> st.SearchStrategy[list[str]]:
     if bounds:
         lo, hi, words = bounds
         return (st.integers(lo, hi).map(str) | st.sampled_from(list(words) or [str(lo)])).map(lambda v: [v])
-    value = {cli._suite: st.sampled_from(sorted(SUITES)), cli._suites: st.just("trixie,bookworm"),
-             cli._bed_name: st.sampled_from(["hx-fuzz", "trixie", "b.1_x"]), cli._existing_dir: st.just(str(A_DIR)),
-             cli._existing_file: st.just(str(A_FILE)), cli._run_dir: st.just(str(A_RUN)),
-             cli._new_dir: st.just(str(TMP / "new-out")), cli._build_id: st.just("0123456789abcdef01"),
-             cli._duration: st.sampled_from(["10m", "90s", "1h", "300"])}.get(t, st.sampled_from(["x", "seed or pool", "1.2.3"]))
+    value = {cli_args.suite: st.sampled_from(sorted(SUITES)), cli_args.suites: st.just("trixie,bookworm"),
+             cli_args.bed_name: st.sampled_from(["hx-fuzz", "trixie", "b.1_x"]), cli_args.existing_dir: st.just(str(A_DIR)),
+             cli_args.existing_file: st.just(str(A_FILE)), cli_args.run_dir: st.just(str(A_RUN)),
+             cli_args.new_dir: st.just(str(TMP / "new-out")), cli_args.build_id: st.just("0123456789abcdef01"),
+             cli_args.duration: st.sampled_from(["10m", "90s", "1h", "300"])}.get(t, st.sampled_from(["x", "seed or pool", "1.2.3"]))
     return value.map(lambda v: [v])
 
 
@@ -176,24 +176,24 @@ def bad_value(action) -> st.SearchStrategy[str]:
     if action.choices:
         return junk_text.filter(lambda s: s not in action.choices)
     t = action.type
-    if t in (cli._suite, cli._suites):
+    if t in (cli_args.suite, cli_args.suites):
         return junk_text.filter(lambda s: any(x not in SUITES for x in s.split(",")) or not s.strip(","))
-    if t is cli._bed_name:
-        return junk_text.filter(lambda s: not cli._BED_NAME.fullmatch(s)) \
+    if t is cli_args.bed_name:
+        return junk_text.filter(lambda s: not cli_args.BED_NAME.fullmatch(s)) \
             | st.sampled_from(["../../x", "a/b", ".hidden", "x" * 64, "a,b", "a b", "$(touch /tmp/pwned)"])
     missing = st.sampled_from(["", str(TMP / "missing"), "/nonexistent/hx", "../../nonexistent-hx"])
-    if t is cli._existing_dir:
+    if t is cli_args.existing_dir:
         return missing | st.just(str(A_FILE))
-    if t is cli._existing_file:
+    if t is cli_args.existing_file:
         return missing | st.just(str(A_DIR))
-    if t is cli._run_dir:
+    if t is cli_args.run_dir:
         return missing | st.sampled_from([str(A_FILE), str(NOT_A_RUN)])
-    if t is cli._new_dir:
+    if t is cli_args.new_dir:
         return st.sampled_from(["", str(A_FILE)])
-    if t is cli._build_id:
+    if t is cli_args.build_id:
         return junk_text.filter(lambda s: not re.fullmatch(r"[0-9a-f]{18}", s)) \
             | st.sampled_from(["0123456789ABCDEF01", "0" * 17, "0" * 19, "../" + "0" * 15])
-    if t is cli._duration:
+    if t is cli_args.duration:
         return junk_text.filter(lambda s: not re.fullmatch(r"\s*\d+(\.\d+)?\s*[smh]?\s*", s)
                                 or not float(re.sub(r"[^\d.]", "", s) or 0) > 0) | st.sampled_from(["0", "10min", "-5m"])
     return None
