@@ -115,7 +115,7 @@ def remove_objects(t, e: Entry) -> list[str]:
     c = t.conn
     done: list[str] = []
     try:
-        d = c.call(c.conn.lookupByName, e.domain)
+        d = c.call(c.virconn.lookupByName, e.domain)
     except libvirt.libvirtError:
         d = None
     if d is not None:
@@ -123,7 +123,7 @@ def remove_objects(t, e: Entry) -> list[str]:
         done.append(f"domain {e.domain}")
     for name in e.networks:
         try:
-            n = c.call(c.conn.networkLookupByName, name)
+            n = c.call(c.virconn.networkLookupByName, name)
         except libvirt.libvirtError:
             continue
         remove_network(c, n)
@@ -161,7 +161,7 @@ def reattach_stray(t, addrs: list[str]) -> list[str]:
     for a in stray_pci(t, addrs):
         name = "pci_" + a.replace(":", "_").replace(".", "_")
         try:
-            dev = t.conn.call(t.conn.conn.nodeDeviceLookupByName, name)
+            dev = t.conn.call(t.conn.virconn.nodeDeviceLookupByName, name)
             t.conn.call(dev.reAttach)
         except libvirt.libvirtError as err:
             raise HarnessError(f"{a} is still on vfio-pci and could not be given back: {err}",
@@ -173,7 +173,7 @@ def reattach_stray(t, addrs: list[str]) -> list[str]:
 def _pci_in_running_domains(t) -> set[str]:
     import xml.etree.ElementTree as ET
     used = set()
-    for d in t.conn.call(t.conn.conn.listAllDomains, libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE):
+    for d in t.conn.call(t.conn.virconn.listAllDomains, libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE):
         root = ET.fromstring(t.conn.call(d.XMLDesc, 0))
         for a in root.iter("address"):
             if a.get("type") == "pci" and a.get("bus") is not None and _in_source(root, a):

@@ -249,10 +249,10 @@ class Runner:
 
     def _connection_lost(self) -> bool:
         c = self.t.conn
-        if c.closed or c.conn is None:
+        if c.closed or c.virconn is None:
             return True
         try:
-            return not c.call(c.conn.isAlive, timeout=20)
+            return not c.call(c.virconn.isAlive, timeout=20)
         except (libvirt.libvirtError, HarnessError):
             return True
 
@@ -316,7 +316,7 @@ class Runner:
 
     def network_define(self, sym: str) -> None:
         xml = xmlbuild.network_xml(self.r.networks[sym], self.sc.networks[sym], self.r, self.subnets.get(sym))
-        self.networks[sym] = self.t.conn.call(self.t.conn.conn.networkDefineXML, xml)
+        self.networks[sym] = self.t.conn.call(self.t.conn.virconn.networkDefineXML, xml)
 
     def network_start(self, sym: str) -> None:
         n = self.networks[sym]
@@ -491,7 +491,7 @@ class Runner:
             self._write_artefact("cleanup-problems.txt", self.cleanup_problems[0] + "\n")
             return
         try:
-            d = c.call(c.conn.lookupByName, self.dom_name)
+            d = c.call(c.virconn.lookupByName, self.dom_name)
         except (libvirt.libvirtError, HarnessError):
             d = None
         if d is not None:
@@ -509,7 +509,7 @@ class Runner:
                 if sym in self.shared:
                     continue
                 try:
-                    n = c.call(c.conn.networkLookupByName, self.r.networks[sym])
+                    n = c.call(c.virconn.networkLookupByName, self.r.networks[sym])
                 except (libvirt.libvirtError, HarnessError):
                     continue
                 try:

@@ -75,7 +75,7 @@ def open_target(uri: str | None = None, bed: BedInfo | None = None) -> Target:
     if not uri:
         raise HarnessError("no target", hint="pass --bed NAME or --libvirt-uri URI")
     conn = Conn(uri)
-    c = conn.conn
+    c = conn.virconn
     lv = _ver(conn.call(c.getLibVersion))
     qv = _ver(conn.call(c.getVersion))
     kvm = True
@@ -116,7 +116,7 @@ def _live_owned(t: Target) -> set[str]:
 
 def leftovers(t: Target) -> list[str]:
     """Domains and networks of earlier runs (name prefix hx-) that no running session owns."""
-    c = t.conn.conn
+    c = t.conn.virconn
     owned = _live_owned(t)
     out = [f"domain {d.name()}" for d in t.conn.call(c.listAllDomains, 0)
            if d.name().startswith(paths.PREFIX) and d.name() not in owned]
@@ -147,7 +147,7 @@ def sweep(t: Target) -> list[str]:
     give stray vfio-pci devices back to their host driver; returns what was removed."""
     from harness.engine.journal import reattach_stray, remove_domain, remove_network
     done = sweep_orphans(t)
-    c = t.conn.conn
+    c = t.conn.virconn
     owned = _live_owned(t)
     for d in t.conn.call(c.listAllDomains, 0):
         if not d.name().startswith(paths.PREFIX) or d.name() in owned:

@@ -74,13 +74,13 @@ class SharedNetworks:
             self.journal.write(Entry(domain=name, networks=[name], scenario=f"shared {forward} network"))
             self.subnets[forward] = self.leases.lease_index("subnet", 250)
         try:
-            net = c.call(c.conn.networkLookupByName, name)
+            net = c.call(c.virconn.networkLookupByName, name)
         except libvirt.libvirtError as e:
             if e.get_error_code() != libvirt.VIR_ERR_NO_NETWORK:
                 raise
             xml = xmlbuild.network_xml(name, Network(sym=forward, forward=forward), xmlbuild.Resolved(),
                                        self.subnets[forward])
-            net = c.call(c.conn.networkDefineXML, xml)
+            net = c.call(c.virconn.networkDefineXML, xml)
         if not c.call(net.isActive):
             c.call(net.create)
         br = ET.fromstring(c.call(net.XMLDesc, 0)).find("bridge")
@@ -94,7 +94,7 @@ class SharedNetworks:
         sh = self.nets.pop(forward)
         c = self.t.conn
         try:
-            remove_network(c, c.call(c.conn.networkLookupByName, sh.name))
+            remove_network(c, c.call(c.virconn.networkLookupByName, sh.name))
         except libvirt.libvirtError as e:
             if e.get_error_code() != libvirt.VIR_ERR_NO_NETWORK:
                 raise

@@ -56,7 +56,7 @@ class StepContext:
 
 def _define(ctx: StepContext) -> None:
     r = ctx.runner
-    r.dom = ctx.conn.call(ctx.conn.conn.defineXML, r.domain_xml())
+    r.dom = ctx.conn.call(ctx.conn.virconn.defineXML, r.domain_xml())
 
 
 def do_define(ctx: StepContext) -> None:
@@ -177,7 +177,7 @@ def do_restart_daemon(ctx: StepContext) -> None:
     if p.returncode != 0:
         raise HarnessError(f"systemctl restart libvirtd failed: {p.stderr.strip()}")
     ctx.conn.reconnect(timeout=120)
-    r.dom = ctx.conn.call(ctx.conn.conn.lookupByName, r.dom_name)
+    r.dom = ctx.conn.call(ctx.conn.virconn.lookupByName, r.dom_name)
     if ctx.conn.call(r.dom.isActive):
         ctx.conn.qemu_ids(r.dom, timeout=120)
 
@@ -192,7 +192,7 @@ def do_upgrade_libvirt(ctx: StepContext) -> None:
     r.upgraded = True
     info = upgrade.upgrade(r.t.bed, ctx.step.arg, owner=r.dom_name)
     ctx.conn.reconnect(timeout=120)
-    info["daemon_version"] = ctx.conn.call(ctx.conn.conn.getLibVersion)
+    info["daemon_version"] = ctx.conn.call(ctx.conn.virconn.getLibVersion)
     ctx.info = info
     want = info.get("version")
     if want and info["daemon_version"] != _version_number(want):
@@ -200,7 +200,7 @@ def do_upgrade_libvirt(ctx: StepContext) -> None:
     if info.get("after") not in ("stock", None) and not info.get("verified"):
         raise HarnessError(f"libvirtd is not verified as build {info.get('after')}")
     if r.dom is not None:
-        r.dom = ctx.conn.call(ctx.conn.conn.lookupByName, r.dom_name)
+        r.dom = ctx.conn.call(ctx.conn.virconn.lookupByName, r.dom_name)
         if ctx.conn.call(r.dom.isActive):
             ctx.conn.qemu_ids(r.dom, timeout=120)   # a monitor command waits for the reconnect to the domain
 
@@ -215,10 +215,10 @@ def do_save_restore(ctx: StepContext) -> None:
     path = f"/var/lib/libvirt/qemu/save/{r.dom_name}.save"
     try:
         ctx.conn.call(ctx.dom().save, path, timeout=300)
-        ctx.conn.call(ctx.conn.conn.restore, path, timeout=300)
+        ctx.conn.call(ctx.conn.virconn.restore, path, timeout=300)
     finally:
         r.t.ssh(f"rm -f {shlex.quote(path)}", timeout=30)
-    r.dom = ctx.conn.call(ctx.conn.conn.lookupByName, r.dom_name)
+    r.dom = ctx.conn.call(ctx.conn.virconn.lookupByName, r.dom_name)
 
 
 def do_managedsave_start(ctx: StepContext) -> None:

@@ -108,7 +108,7 @@ class FakeConn:
     def __init__(self, log):
         self.log = log
         self.closed = False
-        self.conn = SimpleNamespace(lookupByName=lambda n: FakeDom(log),
+        self.virconn = SimpleNamespace(lookupByName=lambda n: FakeDom(log),
                                     networkLookupByName=lambda n: FakeNet(log, n))
 
     def ensure(self, reconnect_timeout=None):
