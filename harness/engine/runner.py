@@ -397,14 +397,9 @@ class Runner:
             entry["upgrade"] = sctx.info
         self.steps_log.append(entry)
         self._write_xml(i, step, after)
-        want_err = step.expect.get("error")
-        if want_err is not None:
-            if err is None:
-                self._fail(entry, i, step, "expect", f"the step to fail with {want_err!r}", "it succeeded")
-            if not _matches(want_err, err):
-                self._fail(entry, i, step, "expect", f"error matching {want_err!r}", repr(err), err)
-        elif err is not None:
-            self._fail(entry, i, step, "libvirt-error", "the step to succeed", err, err)
+        v = oracle.step_error(step.expect.get("error"), err)
+        if v is not None:
+            self._fail(entry, i, step, v.check, v.expected, v.actual, err)
         ctx = oracle.Context(step=step.action, hostdev_networks=self.hostdev_networks(), keys=self.keys,
                              user_aliases=self.user_aliases, expect_aliases=step.expect.get("aliases", {}),
                              may_change=set(step.expect.get("changes", [])), expect_removed=sctx.expect_removed)
@@ -573,10 +568,3 @@ def domain_state(st: list[int]) -> str:
         return "crashed"
     return f"in state {state} (reason {reason})"
 
-
-def _matches(want: str, got: str | None) -> bool:
-    if got is None:
-        return False
-    if want.startswith("re:"):
-        return re.search(want[3:], got) is not None
-    return want in got
