@@ -22,16 +22,17 @@ from harness.bed.qemu import pid_alive
 from harness.engine import xmlbuild
 from filelock import ReadWriteLock
 
-from harness.engine import devices, diagnose, shared_networks, teardown
+from harness.engine import diagnose, shared_networks, teardown
 from harness.engine.devices import Leases
 from harness.engine.journal import Entry, Journal, on_vfio
+from harness.engine.plan import all_devices, needs_bed_alone, unmet_requirements
 from harness.engine.session import Target
 from harness.engine.steps import ACTIONS, StepContext
 from harness.errors import HarnessError, InfrastructureError
 from harness.libvirt_build import upgrade
 from harness.progress import say
 from harness.report.run import os_error_text, redact
-from harness.scenario.model import Device, Scenario, Step
+from harness.scenario.model import Scenario, Step
 
 
 @dataclass
@@ -51,38 +52,6 @@ class StepFailure(Exception):
 
 class ScenarioSkip(Exception):
     pass
-
-
-def walk_steps(steps: list[Step]):
-    for s in steps:
-        yield s
-        yield from walk_steps(s.steps)
-
-
-def all_devices(sc: Scenario) -> list[Device]:
-    devs = list(sc.domain.devices)
-    devs += [s.arg for s in walk_steps(sc.steps) if s.action == "attach" and isinstance(s.arg, Device)]
-    return devs
-
-
-def unmet_requirements(sc: Scenario, t: Target) -> str | None:
-    req = sc.requires or {}
-    if "libvirt" in req or "qemu" in req:
-        from harness.scenario.loader import version_satisfies
-    if "libvirt" in req and not version_satisfies(t.libvirt_version, req["libvirt"]):
-        return f"needs libvirt {req['libvirt']}, target has {t.libvirt_version}"
-    if "qemu" in req and not version_satisfies(t.qemu_version, req["qemu"]):
-        return f"needs QEMU {req['qemu']}, target has {t.qemu_version}"
-    have = devices.counts(t.nics)
-    for k, key in (("vf", "vfs"), ("e1000e", "e1000e")):
-        if req.get(key, 0) > have[k]:
-            return f"needs {req[key]} {k} devices, the target has {have[k]}"
-    if req.get("domain_type") == "kvm" and not t.kvm_available:
-        return "needs domain type kvm, the target offers only qemu (TCG)"
-    for s in walk_steps(sc.steps):
-        if s.action == "upgrade-libvirt" and t.bed is not None and upgrade.unmet(t.bed.suite, s.arg):
-            return upgrade.unmet(t.bed.suite, s.arg)
-    return None
 
 
 class Runner:
@@ -105,7 +74,7 @@ class Runner:
         self.artefact_problems: list[str] = []  # artefact files that could not be written (full results disk)
         self.current: str | None = None         # the step running now, for infrastructure-error messages
         self.phases: list[dict] = []            # where the time went: wall and libvirt/SSH seconds per phase
-        self.exclusive = any(s.action in ("restart-daemon", "upgrade-libvirt") for s in walk_steps(sc.steps))
+        self.exclusive = needs_bed_alone(sc)
         self.upgraded = False                   # set by upgrade-libvirt: cleanup restores the original libvirt
         # Set by the plugin: called (in the main thread) when a handed-off teardown has finished.
         self.on_teardown: "Callable[[teardown.Job], None] | None" = None

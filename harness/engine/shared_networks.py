@@ -21,6 +21,7 @@ from harness import paths
 from harness.engine import xmlbuild
 from harness.engine.devices import Leases
 from harness.engine.journal import Entry, Journal, remove_network
+from harness.engine.plan import walk_steps
 from harness.errors import HarnessError
 from harness.progress import say
 from harness.scenario.model import Network, Scenario
@@ -33,7 +34,6 @@ def enabled() -> bool:
 
 
 def _driven_by_steps(sc: Scenario) -> set[str]:
-    from harness.engine.runner import walk_steps
     return {s.arg for s in walk_steps(sc.steps) if s.action in NETWORK_STEPS}
 
 
