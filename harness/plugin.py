@@ -152,13 +152,15 @@ class ScenarioItem(pytest.Item):
         super().__init__(**kw)
         self.scenario = scenario
         self.record: dict = {}
+        self.run_state = None             # the engine's RunState of the latest attempt
 
     def reportinfo(self):
         line = self.scenario.mark.line - 1 if self.scenario.mark else 0
         return self.path, line, f"scenario {self.scenario.name}"
 
     def runtest(self):
-        from harness.engine.runner import Runner, ScenarioSkip, StepFailure
+        from harness.engine.run_state import RunState, ScenarioSkip, StepFailure
+        from harness.engine.runner import run_scenario
         hx: HarnessSession = self.config._hx
         target = hx.target()
         sc = self.scenario
@@ -177,11 +179,9 @@ class ScenarioItem(pytest.Item):
                 self.record["attempts"] = attempt + 1
                 art = hx.run_dir / art_rel
                 shutil.rmtree(art, ignore_errors=True)
-                runner = Runner(sc, target, art)
-                runner.on_teardown = self._teardown_done
-                self.runner = runner
+                runner = self.run_state = RunState(sc, target, art)
                 try:
-                    self.record["steps"] = runner.run()
+                    self.record["steps"] = run_scenario(runner, on_teardown=self._teardown_done)
                     if runner.cleanup_problems:
                         raise CleanupFailure(runner.cleanup_problems)
                     self.record["verdict"] = "passed"
@@ -219,13 +219,13 @@ class ScenarioItem(pytest.Item):
             self.record["duration_s"] = round(time.monotonic() - t0, 3)
             self.record["libvirt_s"] = round(target.libvirt_seconds - lv0, 3)
             self.record["libvirt_version"] = target.libvirt_version
-            self.record["phases"] = getattr(self, "runner", None) and self.runner.phases or []
+            self.record["phases"] = self.run_state.phases if self.run_state is not None else []
             hx.save_record(self.record)
 
     def _teardown_done(self, job) -> None:
         """A teardown handed off after this scenario passed has finished: record it; a teardown that left
         something behind makes the scenario an error and fails the run."""
-        runner = self.runner
+        runner = self.run_state
         self.record["teardown_s"] = round(job.seconds, 3)
         self.record["phases"] = runner.phases
         problems = list(runner.cleanup_problems) + ([job.error] if job.error else [])
@@ -245,7 +245,7 @@ class ScenarioItem(pytest.Item):
         self.config._hx.save_record(self.record)
 
     def repr_failure(self, excinfo, style=None):
-        from harness.engine.runner import StepFailure
+        from harness.engine.run_state import StepFailure
         from harness.scenario.loader import ScenarioError
         e = excinfo.value
         if isinstance(e, StepFailure):

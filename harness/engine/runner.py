@@ -3,140 +3,100 @@ step, snapshot, judge with the oracle, write artefacts, and always clean up.
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import re
-import secrets
 import shlex
 import threading
 import time
-import xml.etree.ElementTree as ET
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import libvirt
 
-from harness import oracle, paths
+from harness import oracle
 from harness.bed.qemu import pid_alive
-from harness.engine import xmlbuild
 from filelock import ReadWriteLock
 
-from harness.engine import diagnose, shared_networks, teardown
+from harness.engine import diagnose, shared_networks, steps, teardown
 from harness.engine.devices import Leases
 from harness.engine.journal import Entry, Journal, on_vfio
-from harness.engine.plan import all_devices, needs_bed_alone, unmet_requirements
+from harness.engine.plan import unmet_requirements
+from harness.engine.run_state import RunState, ScenarioSkip, StepFailure
 from harness.engine.session import Target
 from harness.engine.steps import ACTIONS, StepContext
 from harness.errors import HarnessError, InfrastructureError
 from harness.libvirt_build import upgrade
 from harness.progress import say
 from harness.report.run import os_error_text, redact
-from harness.scenario.model import Scenario, Step
+from harness.scenario.model import Step
 
 
-@dataclass
-class StepFailure(Exception):
-    index: int
-    step: Step
-    check: str
-    expected: str
-    actual: str
-    libvirt_error: str | None = None
-    violations: list[oracle.Violation] = field(default_factory=list)
-    evidence: str | None = None          # e.g. the tail of qemu.log when QEMU went away
+def run_scenario(run: RunState, on_teardown: Callable[[teardown.Job], None] | None = None) -> list[dict]:
+    """Run one scenario on its target; returns the steps' records when every step passed.
 
-    def __str__(self) -> str:
-        return f"step {self.index + 1} '{self.step.describe()}': [{self.check}] expected {self.expected}; got {self.actual}"
-
-
-class ScenarioSkip(Exception):
-    pass
+    Raises ScenarioSkip, StepFailure (the verdict), or InfrastructureError, HarnessError, libvirtError (not a
+    verdict on libvirt); `run` holds what happened in every case (steps_log, current, cleanup_problems,
+    phases). `on_teardown`: a passed scenario's teardown may overlap the next scenario (engine/teardown.py),
+    and this is called in the main thread when it has finished; without it, teardown ends before the return.
+    """
+    return Runner(run, on_teardown).execute()
 
 
 class Runner:
-    def __init__(self, sc: Scenario, t: Target, artefacts: Path):
-        self.sc = sc
-        self.t = t
-        self.art = artefacts
-        self.art.mkdir(parents=True, exist_ok=True)
-        tag = f"{t.worker}{t.run_tag}"
-        self.dom_name = f"{paths.PREFIX}{sc.name[:40]}-{tag}-{secrets.token_hex(2)}"
-        self.r = xmlbuild.Resolved(salt=self.dom_name)
-        self.console_log = f"/var/log/libvirt/qemu/{self.dom_name}-console.log"
-        self.qemu_log = f"/var/log/libvirt/qemu/{self.dom_name}.log"
-        self.steps_log: list[dict] = []
-        self.dom: libvirt.virDomain | None = None
-        self.networks: dict[str, libvirt.virNetwork] = {}
-        self.subnets: dict[str, int] = {}
-        self.shared: set[str] = shared_networks.shareable(sc)   # network syms served by a shared network
-        self.cleanup_problems: list[str] = []   # filled by _cleanup; the plugin fails the scenario on any
-        self.artefact_problems: list[str] = []  # artefact files that could not be written (full results disk)
-        self.current: str | None = None         # the step running now, for infrastructure-error messages
-        self.phases: list[dict] = []            # where the time went: wall and libvirt/SSH seconds per phase
-        self.exclusive = needs_bed_alone(sc)
-        self.upgraded = False                   # set by upgrade-libvirt: cleanup restores the original libvirt
-        # Set by the plugin: called (in the main thread) when a handed-off teardown has finished.
-        self.on_teardown: "Callable[[teardown.Job], None] | None" = None
+    """The fixed sequence of one run; everything the run holds is its RunState."""
+
+    def __init__(self, run: RunState, on_teardown: Callable[[teardown.Job], None] | None = None):
+        self.run = run
+        run.art.mkdir(parents=True, exist_ok=True)
+        # Called (in the main thread) when a handed-off teardown has finished.
+        self.on_teardown = on_teardown
         self.teardown_job: teardown.Job | None = None
 
-    @contextlib.contextmanager
-    def phase(self, name: str, t: Target | None = None):
-        """Time one phase of the fixed sequence (bench.scenarios prints them per scenario)."""
-        overlapped = t is not None and t is not self.t     # a handed-off teardown, after the scenario's time
-        t = t or self.t
-        t0, lv0 = time.monotonic(), t.libvirt_seconds
-        try:
-            yield
-        finally:
-            self.phases.append({"phase": name, "s": round(time.monotonic() - t0, 3),
-                                "libvirt_s": round(t.libvirt_seconds - lv0, 3), "overlapped": overlapped})
-
     # ---- the fixed sequence ----------------------------------------------------------
-    def run(self) -> list[dict]:
-        why = unmet_requirements(self.sc, self.t)
+    def execute(self) -> list[dict]:
+        why = unmet_requirements(self.run.sc, self.run.t)
         if why:
             raise ScenarioSkip(why)
         # A daemon restart drops every worker's connection: such scenarios hold the bed alone.
-        rw = ReadWriteLock(str(self.t.lock_dir / "bed.rwlock"), is_singleton=False)
-        intent = self.t.lock_dir / "bed.writer-waiting"
-        with self.phase("wait for the bed lock"):
-            if self.exclusive:
+        rw = ReadWriteLock(str(self.run.t.lock_dir / "bed.rwlock"), is_singleton=False)
+        intent = self.run.t.lock_dir / "bed.writer-waiting"
+        with self.run.phase("wait for the bed lock"):
+            if self.run.exclusive:
                 # Readers overlap (a teardown takes its read lock before its scenario lets go): without a
                 # sign that a writer waits, other workers' scenarios could hold the bed for good.
                 intent.write_text(str(os.getpid()))
-                if self.t.reaper is not None:
-                    self.t.reaper.drain()  # this worker's own teardowns hold read locks: let them finish
+                if self.run.t.reaper is not None:
+                    self.run.t.reaper.drain()  # this worker's own teardowns hold read locks: let them finish
             else:
                 _wait_for_writer(intent)
-            lock = rw.write_lock() if self.exclusive else rw.read_lock()
+            lock = rw.write_lock() if self.run.exclusive else rw.read_lock()
             try:
                 lock.__enter__()
             finally:
-                if self.exclusive:
+                if self.run.exclusive:
                     intent.unlink(missing_ok=True)
         try:
-            self.t.conn.ensure()
+            self.run.t.conn.ensure()
             return self._run_leased()
         finally:
             lock.__exit__(None, None, None)
 
     def _run_leased(self) -> list[dict]:
-        journal = Journal(self.t.lock_dir)
-        leases = Leases(self.t.lock_dir, self.t.nics).__enter__()
+        journal = Journal(self.run.t.lock_dir)
+        leases = Leases(self.run.t.lock_dir, self.run.t.nics).__enter__()
         handed_off = False
         passed = False
         try:
             try:
-                with self.phase("prepare (leases, journal, daemon state)"):
+                with self.run.phase("prepare (leases, journal, daemon state)"):
                     self._lease(leases)
                     # Written before anything exists in the bed: a run that dies now is swept next time.
-                    own = [n for s, n in self.r.networks.items() if s not in self.shared]
-                    journal.write(Entry(domain=self.dom_name, networks=sorted(own),
-                                        pci=[str(a) for a in self.r.addrs.values()], scenario=self.sc.name))
-                    self._daemon_before = diagnose.daemon_state(self.t)
-                    self._prepare()
-                with self.phase("networks"):
+                    own = [n for s, n in self.run.r.networks.items() if s not in self.run.shared]
+                    journal.write(Entry(domain=self.run.dom_name, networks=sorted(own),
+                                        pci=[str(a) for a in self.run.r.addrs.values()], scenario=self.run.sc.name))
+                    self.run.daemon_before = diagnose.daemon_state(self.run.t)
+                    self.run.prepare()
+                with self.run.phase("networks"):
                     self._create_networks()
                 self._run_steps()
                 passed = True
@@ -148,57 +108,57 @@ class Runner:
                 # Cleanup runs whatever writing artefacts does (a full results disk raised out of here once:
                 # the domain stayed in the bed while its VF lease was released).
                 try:
-                    with self.phase("logs"):
+                    with self.run.phase("logs"):
                         self._collect_logs()
                 except Exception as e:
                     self._artefact_problem("logs", e)
                 finally:
-                    if passed and not self.artefact_problems and self._may_overlap():
+                    if passed and not self.run.artefact_problems and self._may_overlap():
                         self._hand_off(leases, journal)
                         handed_off = True
                     else:
                         self._cleanup(leases)
-                        if not self.cleanup_problems:
-                            journal.remove(self.dom_name)
+                        if not self.run.cleanup_problems:
+                            journal.remove(self.run.dom_name)
         finally:
             if not handed_off:
                 leases.__exit__(None, None, None)
-        if self.artefact_problems:     # the steps passed and the bed is clean, but the evidence is incomplete
-            more = len(self.artefact_problems) - 1
+        if self.run.artefact_problems:     # the steps passed and the bed is clean, but the evidence is incomplete
+            more = len(self.run.artefact_problems) - 1
             raise InfrastructureError(
-                f"during the artefact writes: could not write {self.artefact_problems[0]}"
+                f"during the artefact writes: could not write {self.run.artefact_problems[0]}"
                 + (f" (and {more} more file{'s' if more > 1 else ''})" if more else "")
-                + f"; the steps passed and the bed was cleaned up, the artefacts in {self.art} are incomplete",
+                + f"; the steps passed and the bed was cleaned up, the artefacts in {self.run.art} are incomplete",
                 hint="free space in the results directory (or use --results-dir elsewhere) and run again")
-        return self.steps_log
+        return self.run.steps_log
 
     # ---- teardown overlapped with the next scenario (engine/teardown.py says why) -------
     def _may_overlap(self) -> bool:
-        return self.on_teardown is not None and teardown.enabled() and not self.exclusive
+        return self.on_teardown is not None and teardown.enabled() and not self.run.exclusive
 
     def _hand_off(self, leases: Leases, journal: Journal) -> None:
         holds_lock = threading.Event()
 
         def job(view: Target) -> None:
-            rw = ReadWriteLock(str(self.t.lock_dir / "bed.rwlock"), is_singleton=False)
+            rw = ReadWriteLock(str(self.run.t.lock_dir / "bed.rwlock"), is_singleton=False)
             try:
                 with rw.read_lock():
                     holds_lock.set()
                     self._cleanup(leases, view)
-                    if not self.cleanup_problems:
-                        journal.remove(self.dom_name)
-                    if view.bed is not None and self.r.addrs:
+                    if not self.run.cleanup_problems:
+                        journal.remove(self.run.dom_name)
+                    if view.bed is not None and self.run.r.addrs:
                         # The VFs just went back to igbvf: let udev rename them before the next holder
                         # (libvirt 9.0 reads the kernel's first name otherwise; see vf-returned-to-pool).
-                        with self.phase("udev settle", view):
+                        with self.run.phase("udev settle", view):
                             view.ssh("udevadm settle -t 10", timeout=30)
             finally:
                 holds_lock.set()
                 leases.__exit__(None, None, None)
 
-        if self.t.reaper is None:
-            self.t.reaper = teardown.Reaper(self.t)
-        self.teardown_job = self.t.reaper.submit(self.sc.name, job, self.on_teardown)
+        if self.run.t.reaper is None:
+            self.run.t.reaper = teardown.Reaper(self.run.t)
+        self.teardown_job = self.run.t.reaper.submit(self.run.sc.name, job, self.on_teardown)
         # Ours goes when we return: the teardown's own read lock must be held first (else a daemon
         # restart elsewhere could slip in between and find this domain still there).
         while not holds_lock.wait(teardown.WAIT_SLICE):
@@ -208,16 +168,15 @@ class Runner:
         """Wrap what libvirt or SSH said with the fault the bed shows (killed daemon, dead bed, hang)."""
         said = e.get_error_message() if isinstance(e, libvirt.libvirtError) else getattr(e, "message", str(e))
         try:
-            why = diagnose.explain(self.t, getattr(self, "_daemon_before", {}),
-                                   getattr(self, "_daemon_before", {}).get("Epoch"))
+            why = diagnose.explain(self.run.t, self.run.daemon_before, self.run.daemon_before.get("Epoch"))
         except Exception as d:   # the diagnosis must never hide the error itself
             why = f"(could not inspect the bed: {d})"
-        where = self.current or "set-up"
+        where = self.run.current or "set-up"
         return InfrastructureError(f"during {where}: {said}" + (f"\n  fault: {why}" if why else ""),
                                    hint=getattr(e, "hint", None))
 
     def _connection_lost(self) -> bool:
-        c = self.t.conn
+        c = self.run.t.conn
         if c.closed or c.virconn is None:
             return True
         try:
@@ -226,81 +185,39 @@ class Runner:
             return True
 
     def _lease(self, leases: Leases) -> None:
-        for sym, hd in self.sc.devices.items():
+        for sym, hd in self.run.sc.devices.items():
             nic = leases.lease(sym, hd.kind)
-            self.r.addrs[sym] = Leases.addr(nic)
+            self.run.r.addrs[sym] = Leases.addr(nic)
             if nic.ifname:
-                self.r.ifnames[sym] = nic.ifname
-        for sym, net in self.sc.networks.items():
-            if sym in self.shared:
-                if self.t.shared_networks is None:
-                    self.t.shared_networks = shared_networks.SharedNetworks(self.t)
-                sh = self.t.shared_networks.get(net.forward)
-                self.r.networks[sym] = sh.name
+                self.run.r.ifnames[sym] = nic.ifname
+        for sym, net in self.run.sc.networks.items():
+            if sym in self.run.shared:
+                if self.run.t.shared_networks is None:
+                    self.run.t.shared_networks = shared_networks.SharedNetworks(self.run.t)
+                sh = self.run.t.shared_networks.get(net.forward)
+                self.run.r.networks[sym] = sh.name
                 if sh.bridge:
-                    self.r.bridges[sym] = sh.bridge
+                    self.run.r.bridges[sym] = sh.bridge
                 continue
-            self.r.networks[sym] = f"{self.dom_name}-{sym}"[:60]
+            self.run.r.networks[sym] = f"{self.run.dom_name}-{sym}"[:60]
             if net.forward != "hostdev":
-                self.subnets[sym] = leases.lease_index("subnet", 250)
-        if self.r.addrs:
-            say(f"{self.sc.name}: leased " + ", ".join(f"{s}={a}" for s, a in self.r.addrs.items()))
-
-    def _prepare(self) -> None:
-        """Give every device its MAC (explicit ones first, so generated ones never collide), its
-        identity key for the oracle, and note the user aliases it was written with."""
-        self.devs = {d.id: d for d in all_devices(self.sc)}
-        for d in self.devs.values():
-            if d.spec.get("mac"):
-                self.r.macs[d.id] = d.spec["mac"]
-        for d in self.devs.values():
-            if d.kind != "hostdev":
-                self.r.mac_for(d.id)
-        self.keys: dict[str, str] = {}
-        self.user_aliases: dict[str, str] = {}
-        for d in self.devs.values():
-            try:
-                el = xmlbuild.device_element(d, self.r)
-            except KeyError:
-                continue   # refers to a bridge not known before its network starts; keyed when attached
-            self.keys[d.id] = oracle.key_of(el)
-            a = el.find("alias")
-            if a is not None and a.get("name", "").startswith("ua-"):
-                self.user_aliases[d.id] = a.get("name")
-        self.virt_type = self.sc.domain.type if self.sc.domain.type != "auto" else (
-            "kvm" if self.t.kvm_available else "qemu")
-
-    def domain_xml(self) -> str:
-        return xmlbuild.domain_xml(self.dom_name, self.sc.domain, self.r, self.virt_type,
-                                   list(self.devs.values()), self.console_log)
-
-    def hostdev_networks(self) -> set[str]:
-        return {self.r.networks[s] for s, n in self.sc.networks.items() if n.forward == "hostdev"}
+                self.run.subnets[sym] = leases.lease_index("subnet", 250)
+        if self.run.r.addrs:
+            say(f"{self.run.sc.name}: leased " + ", ".join(f"{s}={a}" for s, a in self.run.r.addrs.items()))
 
     def _create_networks(self) -> None:
-        for sym, net in self.sc.networks.items():
-            if net.create and sym not in self.shared:
-                self.network_define(sym)
-                self.network_start(sym)
-
-    def network_define(self, sym: str) -> None:
-        xml = xmlbuild.network_xml(self.r.networks[sym], self.sc.networks[sym], self.r, self.subnets.get(sym))
-        self.networks[sym] = self.t.conn.call(self.t.conn.virconn.networkDefineXML, xml)
-
-    def network_start(self, sym: str) -> None:
-        n = self.networks[sym]
-        self.t.conn.call(n.create)
-        br = ET.fromstring(self.t.conn.call(n.XMLDesc, 0)).find("bridge")
-        if br is not None:
-            self.r.bridges[sym] = br.get("name")
+        for sym, net in self.run.sc.networks.items():
+            if net.create and sym not in self.run.shared:
+                steps.define_network(self.run, sym)
+                steps.start_network(self.run, sym)
 
     # ---- steps -----------------------------------------------------------------------
     def snapshot(self, removed: list[str] | None = None) -> oracle.Snapshot:
         s = oracle.Snapshot(removed_events=list(removed or []))
-        d = self.dom
+        d = self.run.dom
         if d is None:
             return s
-        c = self.t.conn
+        c = self.run.t.conn
         try:
             if c.call(d.isActive):
                 try:
@@ -317,15 +234,15 @@ class Runner:
         except libvirt.libvirtError as e:
             if e.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
                 raise
-            self.dom = None
+            self.run.dom = None
             s.state = "gone (undefined)"
         return s
 
     def _run_steps(self) -> None:
-        with self.phase("snapshot before the steps"):
-            self.before = self.snapshot()
-        self.index = 0
-        for step in self.sc.steps:
+        with self.run.phase("snapshot before the steps"):
+            self.run.before = self.snapshot()
+        self.run.index = 0
+        for step in self.run.sc.steps:
             self._run_step(step)
 
     def _run_step(self, step: Step) -> None:
@@ -334,16 +251,16 @@ class Runner:
                 for sub in step.steps:
                     self._run_step(sub)
             return
-        i = self.index
-        self.index += 1
-        say(f"{self.sc.name}: step {i + 1} {step.describe()} ({step.mark})")
-        self.current = f"step {i + 1} '{step.describe()}' ({step.mark})"
-        sctx = StepContext(runner=self, step=step)
-        lv0 = self.t.libvirt_seconds
+        i = self.run.index
+        self.run.index += 1
+        say(f"{self.run.sc.name}: step {i + 1} {step.describe()} ({step.mark})")
+        self.run.current = f"step {i + 1} '{step.describe()}' ({step.mark})"
+        sctx = StepContext(run=self.run, step=step)
+        lv0 = self.run.t.libvirt_seconds
         t0 = time.monotonic()
         err: str | None = None
         try:
-            with self.phase(f"step {i + 1} {step.action}"):
+            with self.run.phase(f"step {i + 1} {step.action}"):
                 ACTIONS[step.action](sctx)
         except libvirt.libvirtError as e:
             if self._connection_lost():     # libvirtd or the bed went away: not libvirt's answer
@@ -353,34 +270,34 @@ class Runner:
             if isinstance(e, InfrastructureError) or self._connection_lost():
                 raise self._infrastructure(e) from None
             err = e.message
-        with self.phase(f"step {i + 1} snapshot"):
+        with self.run.phase(f"step {i + 1} snapshot"):
             after = self.snapshot(sctx.removed)
         dur = time.monotonic() - t0
         entry = {"index": i, "step": step.describe(), "line": step.mark.line if step.mark else None,
                  "verdict": "passed", "duration_s": round(dur, 3),
-                 "libvirt_s": round(self.t.libvirt_seconds - lv0, 3),
+                 "libvirt_s": round(self.run.t.libvirt_seconds - lv0, 3),
                  "error": err,          # libvirt's text, also when the step expected it (harness diff)
                  "aliases": {k: v for k, v in oracle.aliases_by_id(after.live_xml or after.inactive_xml,
-                                                                  self.keys).items()}}
+                                                                  self.run.keys).items()}}
         if sctx.info is not None:
             entry["upgrade"] = sctx.info
-        self.steps_log.append(entry)
+        self.run.steps_log.append(entry)
         self._write_xml(i, step, after)
         v = oracle.step_error(step.expect.get("error"), err)
         if v is not None:
             self._fail(entry, i, step, v.check, v.expected, v.actual, err)
-        ctx = oracle.Context(step=step.action, hostdev_networks=self.hostdev_networks(), keys=self.keys,
-                             user_aliases=self.user_aliases, expect_aliases=step.expect.get("aliases", {}),
+        ctx = oracle.Context(step=step.action, hostdev_networks=self.run.hostdev_networks(), keys=self.run.keys,
+                             user_aliases=self.run.user_aliases, expect_aliases=step.expect.get("aliases", {}),
                              may_change=set(step.expect.get("changes", [])), expect_removed=sctx.expect_removed)
         if err is None and step.action == "attach":
             ctx.attached, ctx.attach_flags = step.arg.id, step.flags
         if err is None and step.action in ("detach", "wait-removed"):
             ctx.detached, ctx.detach_flags = step.arg, step.flags
-        violations = oracle.check(self.before, after, ctx)
+        violations = oracle.check(self.run.before, after, ctx)
         if violations:
             v = violations[0]
             self._fail(entry, i, step, v.check, v.expected, v.actual, err, violations)
-        self.before = after
+        self.run.before = after
 
     def _fail(self, entry, i, step, check, expected, actual, err=None, violations=None):
         entry["verdict"] = "failed"
@@ -389,10 +306,10 @@ class Runner:
 
     def _qemu_log_tail(self, n: int = 8) -> str | None:
         """The last lines QEMU wrote, so a 3 a.m. reader sees why it exited without opening artefacts."""
-        if self.t.bed is None:
+        if self.run.t.bed is None:
             return None
         try:
-            p = self.t.ssh(f"tail -n {n} {shlex.quote(self.qemu_log)}", timeout=30)
+            p = self.run.t.ssh(f"tail -n {n} {shlex.quote(self.run.qemu_log)}", timeout=30)
             return p.stdout.strip() or None
         except Exception:   # best effort: the failure itself is already known
             return None
@@ -411,7 +328,7 @@ class Runner:
         """One file under artefacts/, redacted like summary.json (logs from the bed can quote the URI or a
         key). A failed write (results disk full) is noted, never raised: the steps, the verdict and the
         bed's cleanup go on; `_run_leased` reports the problem at the end."""
-        path = self.art / name
+        path = self.run.art / name
         try:
             path.write_text(redact(text))
         except OSError as e:
@@ -423,19 +340,19 @@ class Runner:
 
     def _artefact_problem(self, name: str, e: BaseException) -> None:
         text = f"{name}: {os_error_text(e)}" if isinstance(e, OSError) else f"{name}: {type(e).__name__}: {e}"
-        if not self.artefact_problems:
-            say(f"{self.sc.name}: could not write artefact {text}", warn=True)
-        self.artefact_problems.append(text)
+        if not self.run.artefact_problems:
+            say(f"{self.run.sc.name}: could not write artefact {text}", warn=True)
+        self.run.artefact_problems.append(text)
 
     # ---- always ----------------------------------------------------------------------
     def _collect_logs(self) -> None:
-        if self.t.bed is None:
+        if self.run.t.bed is None:
             return
         try:
-            p = self.t.ssh(f"cat {shlex.quote(self.qemu_log)} 2>/dev/null; "
-                           f"echo; echo '--- console ---'; cat {shlex.quote(self.console_log)} 2>/dev/null", timeout=30)
+            p = self.run.t.ssh(f"cat {shlex.quote(self.run.qemu_log)} 2>/dev/null; "
+                           f"echo; echo '--- console ---'; cat {shlex.quote(self.run.console_log)} 2>/dev/null", timeout=30)
             self._write_artefact("qemu.log", p.stdout)
-            p = self.t.ssh("tail -n 400 /var/log/libvirt/libvirtd.log 2>/dev/null", timeout=30)
+            p = self.run.t.ssh("tail -n 400 /var/log/libvirt/libvirtd.log 2>/dev/null", timeout=30)
             self._write_artefact("libvirtd.log", p.stdout)
         except Exception as e:   # logs are best effort; cleanup must still run
             self._write_artefact("logs-error.txt", str(e))
@@ -443,19 +360,19 @@ class Runner:
     def _cleanup(self, leases: Leases, t: Target | None = None) -> None:
         """Remove the domain and networks and check every leased VF is back on its host driver.
         `t`: the target view of a teardown thread (its own connection); default the run's target."""
-        t = t or self.t
+        t = t or self.run.t
         c = t.conn
         problems = []
         try:
             c.ensure(reconnect_timeout=90)     # a libvirtd restart in a TCG bed can take 30 s and more
         except HarnessError as e:
-            self.cleanup_problems = [f"cleanup deferred, the bed does not answer ({e.message}): the next session "
-                                     f"on this bed removes {self.dom_name} and its networks (journal "
-                                     f"{self.t.lock_dir / 'journal'})"]
-            self._write_artefact("cleanup-problems.txt", self.cleanup_problems[0] + "\n")
+            self.run.cleanup_problems = [f"cleanup deferred, the bed does not answer ({e.message}): the next session "
+                                     f"on this bed removes {self.run.dom_name} and its networks (journal "
+                                     f"{self.run.t.lock_dir / 'journal'})"]
+            self._write_artefact("cleanup-problems.txt", self.run.cleanup_problems[0] + "\n")
             return
         try:
-            d = c.call(c.virconn.lookupByName, self.dom_name)
+            d = c.call(c.virconn.lookupByName, self.run.dom_name)
         except (libvirt.libvirtError, HarnessError):
             d = None
         if d is not None:
@@ -464,16 +381,16 @@ class Runner:
                                  libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
                                  | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA))):
                 try:
-                    with self.phase(what, t):
+                    with self.run.phase(what, t):
                         c.call(fn, timeout=120)
                 except (libvirt.libvirtError, HarnessError) as e:
-                    problems.append(f"{what} {self.dom_name}: {e}")
-        with self.phase("remove networks", t):
-            for sym in self.sc.networks:
-                if sym in self.shared:
+                    problems.append(f"{what} {self.run.dom_name}: {e}")
+        with self.run.phase("remove networks", t):
+            for sym in self.run.sc.networks:
+                if sym in self.run.shared:
                     continue
                 try:
-                    n = c.call(c.virconn.networkLookupByName, self.r.networks[sym])
+                    n = c.call(c.virconn.networkLookupByName, self.run.r.networks[sym])
                 except (libvirt.libvirtError, HarnessError):
                     continue
                 try:
@@ -483,18 +400,18 @@ class Runner:
                         c.call(n.undefine)
                 except (libvirt.libvirtError, HarnessError) as e:
                     problems.append(f"remove network {n.name()}: {e}")
-        if self.upgraded and t.bed is not None:
-            with self.phase("restore the original libvirt", t):
+        if self.run.upgraded and t.bed is not None:
+            with self.run.phase("restore the original libvirt", t):
                 try:
                     upgrade.restore(t.bed)
                     c.reconnect(timeout=120)
                 except HarnessError as e:
                     problems.append(f"restore the original libvirt: {e.message}")
-        if t.bed is not None and self.r.addrs:
-            vfs = [str(a) for s, a in self.r.addrs.items() if self.sc.devices[s].kind in ("vf", "e1000e")]
+        if t.bed is not None and self.run.r.addrs:
+            vfs = [str(a) for s, a in self.run.r.addrs.items() if self.run.sc.devices[s].kind in ("vf", "e1000e")]
             if vfs:
                 try:
-                    with self.phase("check device drivers", t):
+                    with self.run.phase("check device drivers", t):
                         bound = on_vfio(t, vfs)
                     if bound:
                         problems.append("devices not returned to their host driver: "
@@ -502,7 +419,7 @@ class Runner:
                 except HarnessError as e:
                     problems.append(f"could not check the leased devices' drivers: {e.message}")
         if problems:
-            self.cleanup_problems = problems     # first: the file below may not fit on the results disk
+            self.run.cleanup_problems = problems     # first: the file below may not fit on the results disk
             self._write_artefact("cleanup-problems.txt", "\n".join(problems) + "\n")
 
 
