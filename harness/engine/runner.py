@@ -4,20 +4,17 @@ step, snapshot, judge with the oracle, write artefacts, and always clean up.
 from __future__ import annotations
 
 import os
-import re
-import shlex
 import threading
 import time
 from pathlib import Path
 from typing import Callable
 
 import libvirt
+from filelock import ReadWriteLock
 
 from harness import oracle
 from harness.bed.qemu import pid_alive
-from filelock import ReadWriteLock
-
-from harness.engine import diagnose, shared_networks, steps, teardown
+from harness.engine import artefacts, diagnose, shared_networks, steps, teardown
 from harness.engine.devices import Leases
 from harness.engine.journal import Entry, Journal, on_vfio
 from harness.engine.plan import unmet_requirements
@@ -27,7 +24,6 @@ from harness.engine.steps import ACTIONS, StepContext
 from harness.errors import HarnessError, InfrastructureError
 from harness.libvirt_build import upgrade
 from harness.progress import say
-from harness.report.run import os_error_text, redact
 from harness.scenario.model import Step
 
 
@@ -109,9 +105,9 @@ class Runner:
                 # the domain stayed in the bed while its VF lease was released).
                 try:
                     with self.run.phase("logs"):
-                        self._collect_logs()
+                        artefacts.collect_logs(self.run)
                 except Exception as e:
-                    self._artefact_problem("logs", e)
+                    artefacts.problem(self.run, "logs", e)
                 finally:
                     if passed and not self.run.artefact_problems and self._may_overlap():
                         self._hand_off(leases, journal)
@@ -282,7 +278,7 @@ class Runner:
         if sctx.info is not None:
             entry["upgrade"] = sctx.info
         self.run.steps_log.append(entry)
-        self._write_xml(i, step, after)
+        artefacts.write_step(self.run, i, step, after)
         v = oracle.step_error(step.expect.get("error"), err)
         if v is not None:
             self._fail(entry, i, step, v.check, v.expected, v.actual, err)
@@ -301,62 +297,10 @@ class Runner:
 
     def _fail(self, entry, i, step, check, expected, actual, err=None, violations=None):
         entry["verdict"] = "failed"
-        evidence = self._qemu_log_tail() if check == "domain-running" else None
+        evidence = artefacts.qemu_log_tail(self.run) if check == "domain-running" else None
         raise StepFailure(i, step, check, expected, actual, err, violations or [], evidence)
 
-    def _qemu_log_tail(self, n: int = 8) -> str | None:
-        """The last lines QEMU wrote, so a 3 a.m. reader sees why it exited without opening artefacts."""
-        if self.run.t.bed is None:
-            return None
-        try:
-            p = self.run.t.ssh(f"tail -n {n} {shlex.quote(self.run.qemu_log)}", timeout=30)
-            return p.stdout.strip() or None
-        except Exception:   # best effort: the failure itself is already known
-            return None
-
-    def _write_xml(self, i: int, step: Step, s: oracle.Snapshot) -> None:
-        slug = re.sub(r"[^a-z0-9]+", "-", step.action)
-        if s.live_xml:
-            self._write_artefact(f"step-{i + 1:02d}-{slug}-live.xml", s.live_xml)
-        if s.inactive_xml:
-            self._write_artefact(f"step-{i + 1:02d}-{slug}-inactive.xml", s.inactive_xml)
-        if s.qemu_ids is not None:
-            self._write_artefact(f"step-{i + 1:02d}-{slug}-qemu-ids.txt", "\n".join(sorted(s.qemu_ids)) + "\n")
-
-    # ---- artefact files --------------------------------------------------------------
-    def _write_artefact(self, name: str, text: str) -> None:
-        """One file under artefacts/, redacted like summary.json (logs from the bed can quote the URI or a
-        key). A failed write (results disk full) is noted, never raised: the steps, the verdict and the
-        bed's cleanup go on; `_run_leased` reports the problem at the end."""
-        path = self.run.art / name
-        try:
-            path.write_text(redact(text))
-        except OSError as e:
-            try:
-                path.unlink(missing_ok=True)     # a truncated log would read as the whole story
-            except OSError:
-                pass
-            self._artefact_problem(name, e)
-
-    def _artefact_problem(self, name: str, e: BaseException) -> None:
-        text = f"{name}: {os_error_text(e)}" if isinstance(e, OSError) else f"{name}: {type(e).__name__}: {e}"
-        if not self.run.artefact_problems:
-            say(f"{self.run.sc.name}: could not write artefact {text}", warn=True)
-        self.run.artefact_problems.append(text)
-
     # ---- always ----------------------------------------------------------------------
-    def _collect_logs(self) -> None:
-        if self.run.t.bed is None:
-            return
-        try:
-            p = self.run.t.ssh(f"cat {shlex.quote(self.run.qemu_log)} 2>/dev/null; "
-                           f"echo; echo '--- console ---'; cat {shlex.quote(self.run.console_log)} 2>/dev/null", timeout=30)
-            self._write_artefact("qemu.log", p.stdout)
-            p = self.run.t.ssh("tail -n 400 /var/log/libvirt/libvirtd.log 2>/dev/null", timeout=30)
-            self._write_artefact("libvirtd.log", p.stdout)
-        except Exception as e:   # logs are best effort; cleanup must still run
-            self._write_artefact("logs-error.txt", str(e))
-
     def _cleanup(self, leases: Leases, t: Target | None = None) -> None:
         """Remove the domain and networks and check every leased VF is back on its host driver.
         `t`: the target view of a teardown thread (its own connection); default the run's target."""
@@ -369,7 +313,7 @@ class Runner:
             self.run.cleanup_problems = [f"cleanup deferred, the bed does not answer ({e.message}): the next session "
                                      f"on this bed removes {self.run.dom_name} and its networks (journal "
                                      f"{self.run.t.lock_dir / 'journal'})"]
-            self._write_artefact("cleanup-problems.txt", self.run.cleanup_problems[0] + "\n")
+            artefacts.write(self.run, "cleanup-problems.txt", self.run.cleanup_problems[0] + "\n")
             return
         try:
             d = c.call(c.virconn.lookupByName, self.run.dom_name)
@@ -420,7 +364,7 @@ class Runner:
                     problems.append(f"could not check the leased devices' drivers: {e.message}")
         if problems:
             self.run.cleanup_problems = problems     # first: the file below may not fit on the results disk
-            self._write_artefact("cleanup-problems.txt", "\n".join(problems) + "\n")
+            artefacts.write(self.run, "cleanup-problems.txt", "\n".join(problems) + "\n")
 
 
 _SHUTOFF_REASONS = {libvirt.VIR_DOMAIN_SHUTOFF_UNKNOWN: "unknown", libvirt.VIR_DOMAIN_SHUTOFF_SHUTDOWN: "guest shut down",

@@ -16,6 +16,7 @@ from types import SimpleNamespace
 import pytest
 
 from harness import paths
+from harness.engine import artefacts
 from harness.engine import runner as runner_mod
 from harness.engine.journal import Journal
 from harness.engine.run_state import RunState, StepFailure
@@ -174,7 +175,7 @@ def test_a_step_failure_keeps_its_verdict_when_artefacts_do_not_fit(monkeypatch,
     (sc,) = load_file(SEED)
 
     def failing_steps(self):
-        self._write_artefact("step-01-start-live.xml", "<domain/>" * 20_000)
+        artefacts.write(self.run, "step-01-start-live.xml", "<domain/>" * 20_000)
         raise StepFailure(1, sc.steps[1], "libvirt-error", "the step to succeed", "Unable to determine ...")
 
     art = tmpfs / "run" / "artefacts" / "seed"
@@ -192,10 +193,10 @@ def test_an_exception_out_of_log_collection_still_cleans_up(monkeypatch, tmp_pat
     log: list = []
     r = seed_runner(monkeypatch, tmp_path, tmp_path / "art", log)
 
-    def boom(self):
-        raise OSError(errno.EIO, "Input/output error", str(self.run.art / "qemu.log"))
+    def boom(run):
+        raise OSError(errno.EIO, "Input/output error", str(run.art / "qemu.log"))
 
-    monkeypatch.setattr(Runner, "_collect_logs", boom)
+    monkeypatch.setattr(artefacts, "collect_logs", boom)
     with pytest.raises(InfrastructureError, match=r"Input/output error \(EIO\)"):
         r._run_leased()
     assert cleaned_up(log, r), log
