@@ -7,6 +7,7 @@ that no journal entry explains are someone else's: those are refused, not swept 
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -14,6 +15,7 @@ import shlex
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import libvirt
 
@@ -93,13 +95,26 @@ class Journal:
         return [e for e in self.entries() if not e.owner_alive()]
 
 
-def remove_domain(c, d) -> None:
-    """Destroy and undefine one domain (with its managed save and snapshot metadata)."""
-    if c.call(d.isActive):
-        c.call(d.destroy, timeout=120)
-    if c.call(d.isPersistent):
-        c.call(d.undefineFlags, libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
-               | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA)
+#: A test domain goes with its managed save image and its snapshot metadata.
+UNDEFINE_FLAGS = libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+
+
+def remove_domain(c, d, each: Callable[[str, Callable[[], object]], None] | None = None) -> None:
+    """Destroy one domain if it runs, then undefine it if it is defined (UNDEFINE_FLAGS); each of the two is
+    one libvirt call bounded at 120 s. `each(what, call)` runs them ("destroy", "undefine") for a caller
+    that times each and goes on after a failure (a scenario's cleanup); without it a failure raises."""
+    def destroy():
+        return d.isActive() and d.destroy()
+
+    def undefine():
+        return d.isPersistent() and d.undefineFlags(UNDEFINE_FLAGS)
+
+    for what, fn in (("destroy", destroy), ("undefine", undefine)):
+        call = functools.partial(c.call, fn, timeout=120)
+        if each is None:
+            call()
+        else:
+            each(what, call)
 
 
 def remove_network(c, n) -> None:

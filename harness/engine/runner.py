@@ -4,7 +4,6 @@ step, snapshot, judge with the oracle, write artefacts, and always clean up.
 from __future__ import annotations
 
 import os
-import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -14,15 +13,13 @@ from filelock import ReadWriteLock
 
 from harness import oracle
 from harness.bed.qemu import pid_alive
-from harness.engine import artefacts, diagnose, shared_networks, steps, teardown
+from harness.engine import artefacts, cleanup, diagnose, shared_networks, steps, teardown
 from harness.engine.devices import Leases
-from harness.engine.journal import Entry, Journal, on_vfio
+from harness.engine.journal import Entry, Journal
 from harness.engine.plan import unmet_requirements
 from harness.engine.run_state import RunState, ScenarioSkip, StepFailure
-from harness.engine.session import Target
 from harness.engine.steps import ACTIONS, StepContext
 from harness.errors import HarnessError, InfrastructureError
-from harness.libvirt_build import upgrade
 from harness.progress import say
 from harness.scenario.model import Step
 
@@ -110,10 +107,10 @@ class Runner:
                     artefacts.problem(self.run, "logs", e)
                 finally:
                     if passed and not self.run.artefact_problems and self._may_overlap():
-                        self._hand_off(leases, journal)
+                        self.teardown_job = cleanup.hand_off(self.run, leases, journal, self.on_teardown)
                         handed_off = True
                     else:
-                        self._cleanup(leases)
+                        cleanup.cleanup(self.run)
                         if not self.run.cleanup_problems:
                             journal.remove(self.run.dom_name)
         finally:
@@ -131,34 +128,6 @@ class Runner:
     # ---- teardown overlapped with the next scenario (engine/teardown.py says why) -------
     def _may_overlap(self) -> bool:
         return self.on_teardown is not None and teardown.enabled() and not self.run.exclusive
-
-    def _hand_off(self, leases: Leases, journal: Journal) -> None:
-        holds_lock = threading.Event()
-
-        def job(view: Target) -> None:
-            rw = ReadWriteLock(str(self.run.t.lock_dir / "bed.rwlock"), is_singleton=False)
-            try:
-                with rw.read_lock():
-                    holds_lock.set()
-                    self._cleanup(leases, view)
-                    if not self.run.cleanup_problems:
-                        journal.remove(self.run.dom_name)
-                    if view.bed is not None and self.run.r.addrs:
-                        # The VFs just went back to igbvf: let udev rename them before the next holder
-                        # (libvirt 9.0 reads the kernel's first name otherwise; see vf-returned-to-pool).
-                        with self.run.phase("udev settle", view):
-                            view.ssh("udevadm settle -t 10", timeout=30)
-            finally:
-                holds_lock.set()
-                leases.__exit__(None, None, None)
-
-        if self.run.t.reaper is None:
-            self.run.t.reaper = teardown.Reaper(self.run.t)
-        self.teardown_job = self.run.t.reaper.submit(self.run.sc.name, job, self.on_teardown)
-        # Ours goes when we return: the teardown's own read lock must be held first (else a daemon
-        # restart elsewhere could slip in between and find this domain still there).
-        while not holds_lock.wait(teardown.WAIT_SLICE):
-            pass
 
     def _infrastructure(self, e: Exception) -> InfrastructureError:
         """Wrap what libvirt or SSH said with the fault the bed shows (killed daemon, dead bed, hang)."""
@@ -299,72 +268,6 @@ class Runner:
         entry["verdict"] = "failed"
         evidence = artefacts.qemu_log_tail(self.run) if check == "domain-running" else None
         raise StepFailure(i, step, check, expected, actual, err, violations or [], evidence)
-
-    # ---- always ----------------------------------------------------------------------
-    def _cleanup(self, leases: Leases, t: Target | None = None) -> None:
-        """Remove the domain and networks and check every leased VF is back on its host driver.
-        `t`: the target view of a teardown thread (its own connection); default the run's target."""
-        t = t or self.run.t
-        c = t.conn
-        problems = []
-        try:
-            c.ensure(reconnect_timeout=90)     # a libvirtd restart in a TCG bed can take 30 s and more
-        except HarnessError as e:
-            self.run.cleanup_problems = [f"cleanup deferred, the bed does not answer ({e.message}): the next session "
-                                     f"on this bed removes {self.run.dom_name} and its networks (journal "
-                                     f"{self.run.t.lock_dir / 'journal'})"]
-            artefacts.write(self.run, "cleanup-problems.txt", self.run.cleanup_problems[0] + "\n")
-            return
-        try:
-            d = c.call(c.virconn.lookupByName, self.run.dom_name)
-        except (libvirt.libvirtError, HarnessError):
-            d = None
-        if d is not None:
-            for what, fn in (("destroy", lambda: d.isActive() and d.destroy()),
-                             ("undefine", lambda: d.isPersistent() and d.undefineFlags(
-                                 libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
-                                 | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA))):
-                try:
-                    with self.run.phase(what, t):
-                        c.call(fn, timeout=120)
-                except (libvirt.libvirtError, HarnessError) as e:
-                    problems.append(f"{what} {self.run.dom_name}: {e}")
-        with self.run.phase("remove networks", t):
-            for sym in self.run.sc.networks:
-                if sym in self.run.shared:
-                    continue
-                try:
-                    n = c.call(c.virconn.networkLookupByName, self.run.r.networks[sym])
-                except (libvirt.libvirtError, HarnessError):
-                    continue
-                try:
-                    if n.isActive():
-                        c.call(n.destroy)
-                    if n.isPersistent():
-                        c.call(n.undefine)
-                except (libvirt.libvirtError, HarnessError) as e:
-                    problems.append(f"remove network {n.name()}: {e}")
-        if self.run.upgraded and t.bed is not None:
-            with self.run.phase("restore the original libvirt", t):
-                try:
-                    upgrade.restore(t.bed)
-                    c.reconnect(timeout=120)
-                except HarnessError as e:
-                    problems.append(f"restore the original libvirt: {e.message}")
-        if t.bed is not None and self.run.r.addrs:
-            vfs = [str(a) for s, a in self.run.r.addrs.items() if self.run.sc.devices[s].kind in ("vf", "e1000e")]
-            if vfs:
-                try:
-                    with self.run.phase("check device drivers", t):
-                        bound = on_vfio(t, vfs)
-                    if bound:
-                        problems.append("devices not returned to their host driver: "
-                                        + ", ".join(f"{a} vfio-pci" for a in bound))
-                except HarnessError as e:
-                    problems.append(f"could not check the leased devices' drivers: {e.message}")
-        if problems:
-            self.run.cleanup_problems = problems     # first: the file below may not fit on the results disk
-            artefacts.write(self.run, "cleanup-problems.txt", "\n".join(problems) + "\n")
 
 
 _SHUTOFF_REASONS = {libvirt.VIR_DOMAIN_SHUTOFF_UNKNOWN: "unknown", libvirt.VIR_DOMAIN_SHUTOFF_SHUTDOWN: "guest shut down",

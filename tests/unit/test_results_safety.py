@@ -16,7 +16,7 @@ from types import SimpleNamespace
 import pytest
 
 from harness import paths
-from harness.engine import artefacts
+from harness.engine import artefacts, cleanup
 from harness.engine import runner as runner_mod
 from harness.engine.journal import Journal
 from harness.engine.run_state import RunState, StepFailure
@@ -145,7 +145,7 @@ def seed_runner(monkeypatch, tmp_path: Path, art: Path, log: list, steps=None, b
     monkeypatch.setattr(Runner, "_create_networks", lambda self: log.append("created"))
     monkeypatch.setattr(Runner, "_run_steps", steps or (lambda self: self.run.steps_log.append({"verdict": "passed"})))
     monkeypatch.setattr(runner_mod.diagnose, "daemon_state", lambda t: {})
-    monkeypatch.setattr(runner_mod, "on_vfio", lambda t, addrs: log.append(f"vfio check {addrs}") or [])
+    monkeypatch.setattr(cleanup, "on_vfio", lambda t, addrs: log.append(f"vfio check {addrs}") or [])
     return r
 
 
@@ -205,7 +205,7 @@ def test_an_exception_out_of_log_collection_still_cleans_up(monkeypatch, tmp_pat
 def test_cleanup_problems_survive_a_full_disk(monkeypatch, tmp_path, tmpfs):
     log: list = []
     r = seed_runner(monkeypatch, tmp_path, tmpfs / "art", log)
-    monkeypatch.setattr(runner_mod, "on_vfio", lambda t, addrs: list(addrs))
+    monkeypatch.setattr(cleanup, "on_vfio", lambda t, addrs: list(addrs))
     fill(tmpfs)
     with pytest.raises(InfrastructureError):
         r._run_leased()
