@@ -126,9 +126,13 @@ def check(before: Snapshot | None, after: Snapshot, ctx: Context) -> list[Violat
             *attach_detach_effect(before, after, ctx), *expected_aliases(before, after, ctx)]
 
 
+def _ids_by_key(ctx: Context) -> dict[str, str]:
+    return {k: i for i, k in ctx.keys.items()}
+
+
 def _namer(ctx: Context):
     """How a violation names a device: its scenario id where it has one, and its element."""
-    ids_by_key = {k: i for i, k in ctx.keys.items()}
+    ids_by_key = _ids_by_key(ctx)
     return lambda d: f"{ids_by_key.get(d.key, d.key)} (<{d.tag}>)"
 
 
@@ -161,8 +165,7 @@ def stable_aliases(before: Snapshot | None, after: Snapshot, ctx: Context) -> li
     v: list[Violation] = []
     if before is None or not before.live_xml or not after.live_xml:
         return v
-    live, name = device_views(after.live_xml), _namer(ctx)
-    ids_by_key = {k: i for i, k in ctx.keys.items()}
+    live, name, ids_by_key = device_views(after.live_xml), _namer(ctx), _ids_by_key(ctx)
     prev = {d.key: d for d in device_views(before.live_xml)}
     for d in live:
         p = prev.get(d.key)

@@ -47,49 +47,51 @@ class Runner:
 
     # ---- the fixed sequence ----------------------------------------------------------
     def execute(self) -> list[dict]:
-        why = unmet_requirements(self.run.sc, self.run.t)
+        run = self.run
+        why = unmet_requirements(run.sc, run.t)
         if why:
             raise ScenarioSkip(why)
         # A daemon restart drops every worker's connection: such scenarios hold the bed alone.
-        rw = ReadWriteLock(str(self.run.t.lock_dir / "bed.rwlock"), is_singleton=False)
-        intent = self.run.t.lock_dir / "bed.writer-waiting"
-        with self.run.phase("wait for the bed lock"):
-            if self.run.exclusive:
+        rw = ReadWriteLock(str(run.t.lock_dir / "bed.rwlock"), is_singleton=False)
+        intent = run.t.lock_dir / "bed.writer-waiting"
+        with run.phase("wait for the bed lock"):
+            if run.exclusive:
                 # Readers overlap (a teardown takes its read lock before its scenario lets go): without a
                 # sign that a writer waits, other workers' scenarios could hold the bed for good.
                 intent.write_text(str(os.getpid()))
-                if self.run.t.reaper is not None:
-                    self.run.t.reaper.drain()  # this worker's own teardowns hold read locks: let them finish
+                if run.t.reaper is not None:
+                    run.t.reaper.drain()  # this worker's own teardowns hold read locks: let them finish
             else:
                 _wait_for_writer(intent)
-            lock = rw.write_lock() if self.run.exclusive else rw.read_lock()
+            lock = rw.write_lock() if run.exclusive else rw.read_lock()
             try:
                 lock.__enter__()
             finally:
-                if self.run.exclusive:
+                if run.exclusive:
                     intent.unlink(missing_ok=True)
         try:
-            self.run.t.conn.ensure()
+            run.t.conn.ensure()
             return self._run_leased()
         finally:
             lock.__exit__(None, None, None)
 
     def _run_leased(self) -> list[dict]:
-        journal = Journal(self.run.t.lock_dir)
-        leases = Leases(self.run.t.lock_dir, self.run.t.nics).__enter__()
+        run = self.run
+        journal = Journal(run.t.lock_dir)
+        leases = Leases(run.t.lock_dir, run.t.nics).__enter__()
         handed_off = False
         passed = False
         try:
             try:
-                with self.run.phase("prepare (leases, journal, daemon state)"):
+                with run.phase("prepare (leases, journal, daemon state)"):
                     self._lease(leases)
                     # Written before anything exists in the bed: a run that dies now is swept next time.
-                    own = [n for s, n in self.run.r.networks.items() if s not in self.run.shared]
-                    journal.write(Entry(domain=self.run.dom_name, networks=sorted(own),
-                                        pci=[str(a) for a in self.run.r.addrs.values()], scenario=self.run.sc.name))
-                    self.run.daemon_before = diagnose.daemon_state(self.run.t)
-                    self.run.prepare()
-                with self.run.phase("networks"):
+                    own = [n for s, n in run.r.networks.items() if s not in run.shared]
+                    journal.write(Entry(domain=run.dom_name, networks=sorted(own),
+                                        pci=[str(a) for a in run.r.addrs.values()], scenario=run.sc.name))
+                    run.daemon_before = diagnose.daemon_state(run.t)
+                    run.prepare()
+                with run.phase("networks"):
                     self._create_networks()
                 self._run_steps()
                 passed = True
@@ -101,29 +103,29 @@ class Runner:
                 # Cleanup runs whatever writing artefacts does (a full results disk raised out of here once:
                 # the domain stayed in the bed while its VF lease was released).
                 try:
-                    with self.run.phase("logs"):
-                        artefacts.collect_logs(self.run)
+                    with run.phase("logs"):
+                        artefacts.collect_logs(run)
                 except Exception as e:
-                    artefacts.problem(self.run, "logs", e)
+                    artefacts.problem(run, "logs", e)
                 finally:
-                    if passed and not self.run.artefact_problems and self._may_overlap():
-                        self.teardown_job = cleanup.hand_off(self.run, leases, journal, self.on_teardown)
+                    if passed and not run.artefact_problems and self._may_overlap():
+                        self.teardown_job = cleanup.hand_off(run, leases, journal, self.on_teardown)
                         handed_off = True
                     else:
-                        cleanup.cleanup(self.run)
-                        if not self.run.cleanup_problems:
-                            journal.remove(self.run.dom_name)
+                        cleanup.cleanup(run)
+                        if not run.cleanup_problems:
+                            journal.remove(run.dom_name)
         finally:
             if not handed_off:
                 leases.__exit__(None, None, None)
-        if self.run.artefact_problems:     # the steps passed and the bed is clean, but the evidence is incomplete
-            more = len(self.run.artefact_problems) - 1
+        if run.artefact_problems:     # the steps passed and the bed is clean, but the evidence is incomplete
+            more = len(run.artefact_problems) - 1
             raise InfrastructureError(
-                f"during the artefact writes: could not write {self.run.artefact_problems[0]}"
+                f"during the artefact writes: could not write {run.artefact_problems[0]}"
                 + (f" (and {more} more file{'s' if more > 1 else ''})" if more else "")
-                + f"; the steps passed and the bed was cleaned up, the artefacts in {self.run.art} are incomplete",
+                + f"; the steps passed and the bed was cleaned up, the artefacts in {run.art} are incomplete",
                 hint="free space in the results directory (or use --results-dir elsewhere) and run again")
-        return self.run.steps_log
+        return run.steps_log
 
     # ---- teardown overlapped with the next scenario (engine/teardown.py says why) -------
     def _may_overlap(self) -> bool:
@@ -131,12 +133,13 @@ class Runner:
 
     def _infrastructure(self, e: Exception) -> InfrastructureError:
         """Wrap what libvirt or SSH said with the fault the bed shows (killed daemon, dead bed, hang)."""
+        run = self.run
         said = e.get_error_message() if isinstance(e, libvirt.libvirtError) else getattr(e, "message", str(e))
         try:
-            why = diagnose.explain(self.run.t, self.run.daemon_before, self.run.daemon_before.get("Epoch"))
+            why = diagnose.explain(run.t, run.daemon_before, run.daemon_before.get("Epoch"))
         except Exception as d:   # the diagnosis must never hide the error itself
             why = f"(could not inspect the bed: {d})"
-        where = self.run.current or "set-up"
+        where = run.current or "set-up"
         return InfrastructureError(f"during {where}: {said}" + (f"\n  fault: {why}" if why else ""),
                                    hint=getattr(e, "hint", None))
 
@@ -150,39 +153,42 @@ class Runner:
             return True
 
     def _lease(self, leases: Leases) -> None:
-        for sym, hd in self.run.sc.devices.items():
+        run = self.run
+        for sym, hd in run.sc.devices.items():
             nic = leases.lease(sym, hd.kind)
-            self.run.r.addrs[sym] = Leases.addr(nic)
+            run.r.addrs[sym] = Leases.addr(nic)
             if nic.ifname:
-                self.run.r.ifnames[sym] = nic.ifname
-        for sym, net in self.run.sc.networks.items():
-            if sym in self.run.shared:
-                if self.run.t.shared_networks is None:
-                    self.run.t.shared_networks = shared_networks.SharedNetworks(self.run.t)
-                sh = self.run.t.shared_networks.get(net.forward)
-                self.run.r.networks[sym] = sh.name
+                run.r.ifnames[sym] = nic.ifname
+        for sym, net in run.sc.networks.items():
+            if sym in run.shared:
+                if run.t.shared_networks is None:
+                    run.t.shared_networks = shared_networks.SharedNetworks(run.t)
+                sh = run.t.shared_networks.get(net.forward)
+                run.r.networks[sym] = sh.name
                 if sh.bridge:
-                    self.run.r.bridges[sym] = sh.bridge
+                    run.r.bridges[sym] = sh.bridge
                 continue
-            self.run.r.networks[sym] = f"{self.run.dom_name}-{sym}"[:60]
+            run.r.networks[sym] = f"{run.dom_name}-{sym}"[:60]
             if net.forward != "hostdev":
-                self.run.subnets[sym] = leases.lease_index("subnet", 250)
-        if self.run.r.addrs:
-            say(f"{self.run.sc.name}: leased " + ", ".join(f"{s}={a}" for s, a in self.run.r.addrs.items()))
+                run.subnets[sym] = leases.lease_index("subnet", 250)
+        if run.r.addrs:
+            say(f"{run.sc.name}: leased " + ", ".join(f"{s}={a}" for s, a in run.r.addrs.items()))
 
     def _create_networks(self) -> None:
-        for sym, net in self.run.sc.networks.items():
-            if net.create and sym not in self.run.shared:
-                steps.define_network(self.run, sym)
-                steps.start_network(self.run, sym)
+        run = self.run
+        for sym, net in run.sc.networks.items():
+            if net.create and sym not in run.shared:
+                steps.define_network(run, sym)
+                steps.start_network(run, sym)
 
     # ---- steps -----------------------------------------------------------------------
     def snapshot(self, removed: list[str] | None = None) -> oracle.Snapshot:
+        run = self.run
         s = oracle.Snapshot(removed_events=list(removed or []))
-        d = self.run.dom
+        d = run.dom
         if d is None:
             return s
-        c = self.run.t.conn
+        c = run.t.conn
         try:
             if c.call(d.isActive):
                 try:
@@ -199,33 +205,35 @@ class Runner:
         except libvirt.libvirtError as e:
             if e.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
                 raise
-            self.run.dom = None
+            run.dom = None
             s.state = "gone (undefined)"
         return s
 
     def _run_steps(self) -> None:
-        with self.run.phase("snapshot before the steps"):
-            self.run.before = self.snapshot()
-        self.run.index = 0
-        for step in self.run.sc.steps:
+        run = self.run
+        with run.phase("snapshot before the steps"):
+            run.before = self.snapshot()
+        run.index = 0
+        for step in run.sc.steps:
             self._run_step(step)
 
     def _run_step(self, step: Step) -> None:
+        run = self.run
         if step.action == "repeat":
             for _ in range(step.times):
                 for sub in step.steps:
                     self._run_step(sub)
             return
-        i = self.run.index
-        self.run.index += 1
-        say(f"{self.run.sc.name}: step {i + 1} {step.describe()} ({step.mark})")
-        self.run.current = f"step {i + 1} '{step.describe()}' ({step.mark})"
-        sctx = StepContext(run=self.run, step=step)
-        lv0 = self.run.t.libvirt_seconds
+        i = run.index
+        run.index += 1
+        say(f"{run.sc.name}: step {i + 1} {step.describe()} ({step.mark})")
+        run.current = f"step {i + 1} '{step.describe()}' ({step.mark})"
+        sctx = StepContext(run=run, step=step)
+        lv0 = run.t.libvirt_seconds
         t0 = time.monotonic()
         err: str | None = None
         try:
-            with self.run.phase(f"step {i + 1} {step.action}"):
+            with run.phase(f"step {i + 1} {step.action}"):
                 ACTIONS[step.action](sctx)
         except libvirt.libvirtError as e:
             if self._connection_lost():     # libvirtd or the bed went away: not libvirt's answer
@@ -235,34 +243,34 @@ class Runner:
             if isinstance(e, InfrastructureError) or self._connection_lost():
                 raise self._infrastructure(e) from None
             err = e.message
-        with self.run.phase(f"step {i + 1} snapshot"):
+        with run.phase(f"step {i + 1} snapshot"):
             after = self.snapshot(sctx.removed)
         dur = time.monotonic() - t0
         entry = {"index": i, "step": step.describe(), "line": step.mark.line if step.mark else None,
                  "verdict": "passed", "duration_s": round(dur, 3),
-                 "libvirt_s": round(self.run.t.libvirt_seconds - lv0, 3),
+                 "libvirt_s": round(run.t.libvirt_seconds - lv0, 3),
                  "error": err,          # libvirt's text, also when the step expected it (harness diff)
                  "aliases": {k: v for k, v in oracle.aliases_by_id(after.live_xml or after.inactive_xml,
-                                                                  self.run.keys).items()}}
+                                                                  run.keys).items()}}
         if sctx.info is not None:
             entry["upgrade"] = sctx.info
-        self.run.steps_log.append(entry)
-        artefacts.write_step(self.run, i, step, after)
+        run.steps_log.append(entry)
+        artefacts.write_step(run, i, step, after)
         v = oracle.step_error(step.expect.get("error"), err)
         if v is not None:
             self._fail(entry, i, step, v.check, v.expected, v.actual, err)
-        ctx = oracle.Context(step=step.action, hostdev_networks=self.run.hostdev_networks(), keys=self.run.keys,
-                             user_aliases=self.run.user_aliases, expect_aliases=step.expect.get("aliases", {}),
+        ctx = oracle.Context(step=step.action, hostdev_networks=run.hostdev_networks(), keys=run.keys,
+                             user_aliases=run.user_aliases, expect_aliases=step.expect.get("aliases", {}),
                              may_change=set(step.expect.get("changes", [])), expect_removed=sctx.expect_removed)
         if err is None and step.action == "attach":
             ctx.attached, ctx.attach_flags = step.arg.id, step.flags
         if err is None and step.action in ("detach", "wait-removed"):
             ctx.detached, ctx.detach_flags = step.arg, step.flags
-        violations = oracle.check(self.run.before, after, ctx)
+        violations = oracle.check(run.before, after, ctx)
         if violations:
             v = violations[0]
             self._fail(entry, i, step, v.check, v.expected, v.actual, err, violations)
-        self.run.before = after
+        run.before = after
 
     def _fail(self, entry, i, step, check, expected, actual, err=None, violations=None):
         entry["verdict"] = "failed"
