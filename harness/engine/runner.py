@@ -1,5 +1,8 @@
 """Runs one scenario through a fixed, visible sequence: lease devices, create networks, run each
 step, snapshot, judge with the oracle, write artefacts, and always clean up.
+
+The sequence only: what a run holds is its RunState (run_state.py), the files go through artefacts.py,
+the removal through cleanup.py, so the order of these phases and their try/finally read in one place.
 """
 from __future__ import annotations
 
