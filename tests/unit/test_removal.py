@@ -83,3 +83,44 @@ def test_the_cleanup_times_each_removal_and_goes_on_after_a_failed_destroy(tmp_p
     assert problem.startswith(f"destroy {run.dom_name}: Failed to terminate process 4242"), problem
     assert [p["phase"] for p in run.phases] == ["destroy", "undefine", "remove networks"]
     assert (run.art / "cleanup-problems.txt").read_text() == problem + "\n"
+
+
+class Named(Dom):
+    def __init__(self, log, name):
+        super().__init__(log)
+        self._name = name
+
+    def name(self):
+        return self._name
+
+    def destroy(self):
+        self.log.append(f"destroy {self._name}")
+
+    def undefineFlags(self, flags):
+        self.log.append(f"undefine {self._name}")
+
+    def undefine(self):
+        self.log.append(f"undefine {self._name}")
+
+
+def test_sweep_removes_unowned_hx_domains_then_networks_and_leftovers_names_them(tmp_path):
+    from harness.engine import session
+    from harness.engine.journal import Entry, Journal
+    log: list = []
+    doms = [Named(log, n) for n in ("hx-mine", "hx-old", "guest")]
+    nets = [Named(log, n) for n in ("hx-mine-lan", "hx-old-lan", "default")]
+
+    def list_networks(flags):
+        log.append("list networks")
+        return nets
+
+    conn = Conn(log)
+    conn.virconn = SimpleNamespace(listAllDomains=lambda flags: doms, listAllNetworks=list_networks)
+    t = SimpleNamespace(conn=conn, lock_dir=tmp_path, nics=[], bed=None)
+    Journal(tmp_path).write(Entry(domain="hx-mine", networks=["hx-mine-lan"]))     # this live process owns them
+    assert session.leftovers(t) == ["domain hx-old", "network hx-old-lan"]
+    log.clear()
+    assert session.sweep(t) == ["domain hx-old", "network hx-old-lan"]
+    removals = [x for x in log if isinstance(x, str)]
+    assert removals == ["destroy hx-old", "undefine hx-old", "list networks", "destroy hx-old-lan",
+                        "undefine hx-old-lan"], "networks are listed once the domains are gone"
