@@ -6,6 +6,7 @@ device-removed events seen during the step.
 """
 from __future__ import annotations
 
+import re
 import xml.etree.ElementTree as ET
 from collections import Counter
 from dataclasses import dataclass, field
@@ -119,45 +120,72 @@ def aliases_by_id(xml: str | None, keys: dict[str, str]) -> dict[str, str | None
 
 
 def check(before: Snapshot | None, after: Snapshot, ctx: Context) -> list[Violation]:
-    v: list[Violation] = []
-    live = device_views(after.live_xml)
-    ids_by_key = {k: i for i, k in ctx.keys.items()}
+    """Every invariant of a step, in the README's order (a failure names the first violation)."""
+    return [*domain_running(before, after, ctx), *unique_aliases(before, after, ctx),
+            *stable_aliases(before, after, ctx), *alias_family(before, after, ctx), *qemu_ids(before, after, ctx),
+            *attach_detach_effect(before, after, ctx), *expected_aliases(before, after, ctx)]
 
-    def name(d: DeviceView) -> str:
-        return f"{ids_by_key.get(d.key, d.key)} (<{d.tag}>)"
 
-    # 0. a running domain stays running (QEMU exiting under a hot-plug is the worst regression of all)
+def _ids_by_key(ctx: Context) -> dict[str, str]:
+    return {k: i for i, k in ctx.keys.items()}
+
+
+def _namer(ctx: Context):
+    """How a violation names a device: its scenario id where it has one, and its element."""
+    ids_by_key = _ids_by_key(ctx)
+    return lambda d: f"{ids_by_key.get(d.key, d.key)} (<{d.tag}>)"
+
+
+def domain_running(before: Snapshot | None, after: Snapshot, ctx: Context) -> list[Violation]:
+    """0. a running domain stays running (QEMU exiting under a hot-plug is the worst regression of all)"""
     if before is not None and before.live_xml and not after.live_xml and ctx.step not in STOP_STEPS:
-        v.append(Violation("domain-running", f"the domain to keep running across {ctx.step}",
-                           f"it is {after.state or 'not running'}; QEMU's last words are in qemu.log"))
+        return [Violation("domain-running", f"the domain to keep running across {ctx.step}",
+                          f"it is {after.state or 'not running'}; QEMU's last words are in qemu.log")]
+    return []
 
-    # 1. every device has an alias, no two equal
-    if after.live_xml:
-        for d in live:
-            if not d.alias:
-                v.append(Violation("alias-present", f"{name(d)} to have an alias", "none"))
-        dup = [a for a, n in Counter(d.alias for d in live if d.alias).items() if n > 1]
-        for a in dup:
-            v.append(Violation("alias-unique", f"alias {a!r} used once",
-                               ", ".join(name(d) for d in live if d.alias == a)))
 
-    # 2. aliases of devices present before and after are unchanged
-    if before is not None and before.live_xml and after.live_xml:
-        prev = {d.key: d for d in device_views(before.live_xml)}
-        for d in live:
-            p = prev.get(d.key)
-            if p is None or p.alias == d.alias:
-                continue
-            if ids_by_key.get(d.key) in ctx.may_change:
-                continue
-            v.append(Violation("alias-stable", f"{name(d)} to keep alias {p.alias!r} across {ctx.step}",
-                               repr(d.alias)))
-        if ctx.step in STABLE_STEPS:
-            gone = set(prev) - {d.key for d in live}
-            for k in sorted(gone):
-                v.append(Violation("alias-stable", f"{name(prev[k])} still present after {ctx.step}", "gone"))
+def unique_aliases(before: Snapshot | None, after: Snapshot, ctx: Context) -> list[Violation]:
+    """1. every device has an alias, no two equal"""
+    v: list[Violation] = []
+    if not after.live_xml:
+        return v
+    live, name = device_views(after.live_xml), _namer(ctx)
+    for d in live:
+        if not d.alias:
+            v.append(Violation("alias-present", f"{name(d)} to have an alias", "none"))
+    dup = [a for a, n in Counter(d.alias for d in live if d.alias).items() if n > 1]
+    for a in dup:
+        v.append(Violation("alias-unique", f"alias {a!r} used once",
+                           ", ".join(name(d) for d in live if d.alias == a)))
+    return v
 
-    # 3. family rules: hostdevN for host-device-backed interfaces, netN otherwise, user aliases kept
+
+def stable_aliases(before: Snapshot | None, after: Snapshot, ctx: Context) -> list[Violation]:
+    """2. aliases of devices present before and after are unchanged"""
+    v: list[Violation] = []
+    if before is None or not before.live_xml or not after.live_xml:
+        return v
+    live, name, ids_by_key = device_views(after.live_xml), _namer(ctx), _ids_by_key(ctx)
+    prev = {d.key: d for d in device_views(before.live_xml)}
+    for d in live:
+        p = prev.get(d.key)
+        if p is None or p.alias == d.alias:
+            continue
+        if ids_by_key.get(d.key) in ctx.may_change:
+            continue
+        v.append(Violation("alias-stable", f"{name(d)} to keep alias {p.alias!r} across {ctx.step}",
+                           repr(d.alias)))
+    if ctx.step in STABLE_STEPS:
+        gone = set(prev) - {d.key for d in live}
+        for k in sorted(gone):
+            v.append(Violation("alias-stable", f"{name(prev[k])} still present after {ctx.step}", "gone"))
+    return v
+
+
+def alias_family(before: Snapshot | None, after: Snapshot, ctx: Context) -> list[Violation]:
+    """3. family rules: hostdevN for host-device-backed interfaces, netN otherwise, user aliases kept"""
+    v: list[Violation] = []
+    name = _namer(ctx)
     ua_by_key = {ctx.keys[i]: a for i, a in ctx.user_aliases.items() if i in ctx.keys}
     for xml_text, which in ((after.live_xml, "live"), (after.inactive_xml, "inactive")):
         for d in device_views(xml_text):
@@ -171,20 +199,31 @@ def check(before: Snapshot | None, after: Snapshot, ctx: Context) -> list[Violat
                 continue
             if msg:
                 v.append(Violation("alias-family", f"{name(d)} in {which} XML named by the rules", msg))
+    return v
 
-    # 4. libvirt's aliases are QEMU's device ids, and QEMU holds nothing libvirt forgot
-    if after.live_xml and after.qemu_ids is not None:
-        mine = {d.alias for d in live if d.tag in ("interface", "hostdev") and d.alias}
-        known = {d.alias for d in live if d.alias}   # a ua- id may be a disk's or a controller's
-        missing = sorted(mine - after.qemu_ids)
-        extra = sorted(i for i in after.qemu_ids - known if aliases.is_qemu_device_id(i))
-        if missing:
-            v.append(Violation("qemu-ids", f"QEMU device ids for {missing}", "absent from qom-list /machine/peripheral"))
-        if extra:
-            v.append(Violation("qemu-ids", "no QEMU NIC/hostdev device unknown to libvirt",
-                               f"QEMU still has {extra}"))
 
-    # 5. attach left the device where asked; detach judged by the removed event
+def qemu_ids(before: Snapshot | None, after: Snapshot, ctx: Context) -> list[Violation]:
+    """4. libvirt's aliases are QEMU's device ids, and QEMU holds nothing libvirt forgot"""
+    v: list[Violation] = []
+    if not after.live_xml or after.qemu_ids is None:
+        return v
+    live = device_views(after.live_xml)
+    mine = {d.alias for d in live if d.tag in ("interface", "hostdev") and d.alias}
+    known = {d.alias for d in live if d.alias}   # a ua- id may be a disk's or a controller's
+    missing = sorted(mine - after.qemu_ids)
+    extra = sorted(i for i in after.qemu_ids - known if aliases.is_qemu_device_id(i))
+    if missing:
+        v.append(Violation("qemu-ids", f"QEMU device ids for {missing}", "absent from qom-list /machine/peripheral"))
+    if extra:
+        v.append(Violation("qemu-ids", "no QEMU NIC/hostdev device unknown to libvirt",
+                           f"QEMU still has {extra}"))
+    return v
+
+
+def attach_detach_effect(before: Snapshot | None, after: Snapshot, ctx: Context) -> list[Violation]:
+    """5. attach left the device where asked; detach judged by the removed event"""
+    v: list[Violation] = []
+    live = device_views(after.live_xml)
     if ctx.attached:
         k = ctx.keys.get(ctx.attached)
         if ctx.attach_flags in ("live", "both", "current") and after.live_xml:
@@ -217,11 +256,37 @@ def check(before: Snapshot | None, after: Snapshot, ctx: Context) -> list[Violat
         k = ctx.keys.get(ctx.detached)
         if k in {d.key for d in device_views(after.inactive_xml)}:
             v.append(Violation("detach", f"{ctx.detached} gone from the inactive XML", "still present"))
+    return v
 
-    # 6. the step's explicit expectations
+
+def expected_aliases(before: Snapshot | None, after: Snapshot, ctx: Context) -> list[Violation]:
+    """6. the step's explicit expectations: its aliases (its error text: `step_error`, judged first)"""
+    v: list[Violation] = []
     if ctx.expect_aliases:
         got = aliases_by_id(after.live_xml or after.inactive_xml, ctx.keys)
         for i, want in ctx.expect_aliases.items():
             if got.get(i) != want:
                 v.append(Violation("expect", f"{i} -> {want}", f"{i} -> {got.get(i)}"))
     return v
+
+
+def step_error(want: str | None, got: str | None) -> Violation | None:
+    """6. the step's `expect.error` against libvirt's error text (None: the step raised none). Judged before
+    the other invariants: a step that failed, or did not fail, against its expectation is the verdict
+    whatever the snapshot after it shows. `want` is a substring, or a regular expression after "re:"."""
+    if want is not None:
+        if got is None:
+            return Violation("expect", f"the step to fail with {want!r}", "it succeeded")
+        if not _matches(want, got):
+            return Violation("expect", f"error matching {want!r}", repr(got))
+    elif got is not None:
+        return Violation("libvirt-error", "the step to succeed", got)
+    return None
+
+
+def _matches(want: str, got: str | None) -> bool:
+    if got is None:
+        return False
+    if want.startswith("re:"):
+        return re.search(want[3:], got) is not None
+    return want in got

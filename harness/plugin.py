@@ -157,13 +157,15 @@ class ScenarioItem(pytest.Item):
         super().__init__(**kw)
         self.scenario = scenario
         self.record: ScenarioRecord | None = None
+        self.run_state = None             # the engine's RunState of the latest attempt
 
     def reportinfo(self):
         line = self.scenario.mark.line - 1 if self.scenario.mark else 0
         return self.path, line, f"scenario {self.scenario.name}"
 
     def runtest(self):
-        from harness.engine.runner import Runner, ScenarioSkip, StepFailure
+        from harness.engine.run_state import RunState, ScenarioSkip, StepFailure
+        from harness.engine.runner import run_scenario
         hx: HarnessSession = self.config._hx
         target = hx.target()
         sc = self.scenario
@@ -179,13 +181,11 @@ class ScenarioItem(pytest.Item):
                 self.record.attempts = attempt + 1
                 art = hx.run_dir / art_rel
                 shutil.rmtree(art, ignore_errors=True)
-                runner = Runner(sc, target, art)
-                runner.on_teardown = self._teardown_done
-                self.runner = runner
+                run = self.run_state = RunState(sc, target, art)
                 try:
-                    self.record.steps = StepRecord.from_log(runner.run())
-                    if runner.cleanup_problems:
-                        raise CleanupFailure(runner.cleanup_problems)
+                    self.record.steps = StepRecord.from_log(run_scenario(run, on_teardown=self._teardown_done))
+                    if run.cleanup_problems:
+                        raise CleanupFailure(run.cleanup_problems)
                     self.record.verdict = "passed"
                     self.record.failure = None
                     return
@@ -194,27 +194,27 @@ class ScenarioItem(pytest.Item):
                     self.record.skip_reason = str(e)
                     pytest.skip(str(e))
                 except StepFailure as e:
-                    self.record.steps = StepRecord.from_log(runner.steps_log)
+                    self.record.steps = StepRecord.from_log(run.steps_log)
                     self.record.verdict = "failed"
                     self.record.failure = StepFailed.of(e, sc, str(art))
                     if attempt == retries:
                         raise
                 except (HarnessError, libvirt.libvirtError) as e:   # infrastructure (a dropped connection,
                     # a stuck domain): also retried; the next attempt reconnects first
-                    self.record.steps = StepRecord.from_log(runner.steps_log)
+                    self.record.steps = StepRecord.from_log(run.steps_log)
                     self.record.verdict = "error"
-                    where = "" if "during " in str(e) else f"during {runner.current or 'set-up'}: "
-                    left = "".join(f"\n  {p}" for p in runner.cleanup_problems)
+                    where = "" if "during " in str(e) else f"during {run.current or 'set-up'}: "
+                    left = "".join(f"\n  {p}" for p in run.cleanup_problems)
                     self.record.failure = Failure(message=f"{sc.file}: {where}{e}{left}", check="infrastructure",
                                                   artefacts=str(art))
                     if attempt == retries:
                         raise
                 except KeyboardInterrupt:
-                    self.record.steps = StepRecord.from_log(runner.steps_log)
+                    self.record.steps = StepRecord.from_log(run.steps_log)
                     self.record.verdict = "error"
                     self.record.failure = Failure(
-                        message=f"{sc.file}: interrupted (Ctrl-C) during {runner.current or 'set-up'}; "
-                                + ("cleanup: " + "; ".join(runner.cleanup_problems) if runner.cleanup_problems
+                        message=f"{sc.file}: interrupted (Ctrl-C) during {run.current or 'set-up'}; "
+                                + ("cleanup: " + "; ".join(run.cleanup_problems) if run.cleanup_problems
                                    else "cleaned up"),
                         check="interrupted", artefacts=str(art))
                     raise
@@ -222,16 +222,16 @@ class ScenarioItem(pytest.Item):
             self.record.duration_s = round(time.monotonic() - t0, 3)
             self.record.libvirt_s = round(target.libvirt_seconds - lv0, 3)
             self.record.libvirt_version = target.libvirt_version
-            self.record.phases = getattr(self, "runner", None) and self.runner.phases or []
+            self.record.phases = self.run_state.phases if self.run_state is not None else []
             hx.save_record(self.record)
 
     def _teardown_done(self, job) -> None:
         """A teardown handed off after this scenario passed has finished: record it; a teardown that left
         something behind makes the scenario an error and fails the run."""
-        runner = self.runner
+        run = self.run_state
         self.record.teardown_s = round(job.seconds, 3)
-        self.record.phases = runner.phases
-        problems = list(runner.cleanup_problems) + ([job.error] if job.error else [])
+        self.record.phases = run.phases
+        problems = list(run.cleanup_problems) + ([job.error] if job.error else [])
         if problems:
             self.record.verdict = "error"
             self.record.failure = Failure(
@@ -248,7 +248,7 @@ class ScenarioItem(pytest.Item):
         self.config._hx.save_record(self.record)
 
     def repr_failure(self, excinfo, style=None):
-        from harness.engine.runner import StepFailure
+        from harness.engine.run_state import StepFailure
         from harness.scenario.loader import ScenarioError
         e = excinfo.value
         f = self.record.failure if self.record is not None else None

@@ -91,7 +91,7 @@ class Conn:
         self._cv = threading.Condition()
         self._cb_ids: list[int] = []
         self.seconds = 0.0            # wall time spent inside libvirt calls (for benchmarks)
-        self.conn: libvirt.virConnect | None = None
+        self.virconn: libvirt.virConnect | None = None
         self.closed: str | None = None   # why libvirt closed the connection (set by its close callback)
         _ensure_event_loop()
         libvirt.registerErrorHandler(_silence, None)
@@ -114,7 +114,7 @@ class Conn:
         c.setKeepAlive(*keepalive())
         self.closed: str | None = None
         c.registerCloseCallback(self._on_close, None)
-        self.conn = c
+        self.virconn = c
         self._cb_ids = [
             c.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED, self._on_removed, None),
             c.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_REMOVAL_FAILED,
@@ -128,7 +128,7 @@ class Conn:
             self._cv.notify_all()
 
     def close(self) -> None:
-        c, self.conn = self.conn, None
+        c, self.virconn = self.virconn, None
         if c is None:
             return
         try:
@@ -142,7 +142,7 @@ class Conn:
     def ensure(self, reconnect_timeout: float = 90.0) -> None:
         """Reconnect if the connection died (another worker's scenario restarted libvirtd)."""
         try:
-            if self.conn is not None and not self.closed and self._bounded(self.conn.isAlive, timeout=30):
+            if self.virconn is not None and not self.closed and self._bounded(self.virconn.isAlive, timeout=30):
                 return
         except (libvirt.libvirtError, LibvirtTimeout):
             pass
@@ -230,5 +230,5 @@ class Conn:
         return {p["name"] for p in json.loads(out)["return"] if p.get("type", "").startswith("child<")}
 
     def version(self) -> str:
-        v = self.call(self.conn.getLibVersion)
+        v = self.call(self.virconn.getLibVersion)
         return f"{v // 1000000}.{v // 1000 % 1000}.{v % 1000}"

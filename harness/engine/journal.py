@@ -7,6 +7,7 @@ that no journal entry explains are someone else's: those are refused, not swept 
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -14,6 +15,7 @@ import shlex
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import libvirt
 
@@ -93,13 +95,26 @@ class Journal:
         return [e for e in self.entries() if not e.owner_alive()]
 
 
-def remove_domain(c, d) -> None:
-    """Destroy and undefine one domain (with its managed save and snapshot metadata)."""
-    if c.call(d.isActive):
-        c.call(d.destroy, timeout=120)
-    if c.call(d.isPersistent):
-        c.call(d.undefineFlags, libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
-               | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA)
+#: A test domain goes with its managed save image and its snapshot metadata.
+UNDEFINE_FLAGS = libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+
+
+def remove_domain(c, d, each: Callable[[str, Callable[[], object]], None] | None = None) -> None:
+    """Destroy one domain if it runs, then undefine it if it is defined (UNDEFINE_FLAGS); each of the two is
+    one libvirt call bounded at 120 s. `each(what, call)` runs them ("destroy", "undefine") for a caller
+    that times each and goes on after a failure (a scenario's cleanup); without it a failure raises."""
+    def destroy():
+        return d.isActive() and d.destroy()
+
+    def undefine():
+        return d.isPersistent() and d.undefineFlags(UNDEFINE_FLAGS)
+
+    for what, fn in (("destroy", destroy), ("undefine", undefine)):
+        call = functools.partial(c.call, fn, timeout=120)
+        if each is None:
+            call()
+        else:
+            each(what, call)
 
 
 def remove_network(c, n) -> None:
@@ -115,7 +130,7 @@ def remove_objects(t, e: Entry) -> list[str]:
     c = t.conn
     done: list[str] = []
     try:
-        d = c.call(c.conn.lookupByName, e.domain)
+        d = c.call(c.virconn.lookupByName, e.domain)
     except libvirt.libvirtError:
         d = None
     if d is not None:
@@ -123,7 +138,7 @@ def remove_objects(t, e: Entry) -> list[str]:
         done.append(f"domain {e.domain}")
     for name in e.networks:
         try:
-            n = c.call(c.conn.networkLookupByName, name)
+            n = c.call(c.virconn.networkLookupByName, name)
         except libvirt.libvirtError:
             continue
         remove_network(c, n)
@@ -161,7 +176,7 @@ def reattach_stray(t, addrs: list[str]) -> list[str]:
     for a in stray_pci(t, addrs):
         name = "pci_" + a.replace(":", "_").replace(".", "_")
         try:
-            dev = t.conn.call(t.conn.conn.nodeDeviceLookupByName, name)
+            dev = t.conn.call(t.conn.virconn.nodeDeviceLookupByName, name)
             t.conn.call(dev.reAttach)
         except libvirt.libvirtError as err:
             raise HarnessError(f"{a} is still on vfio-pci and could not be given back: {err}",
@@ -173,7 +188,7 @@ def reattach_stray(t, addrs: list[str]) -> list[str]:
 def _pci_in_running_domains(t) -> set[str]:
     import xml.etree.ElementTree as ET
     used = set()
-    for d in t.conn.call(t.conn.conn.listAllDomains, libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE):
+    for d in t.conn.call(t.conn.virconn.listAllDomains, libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE):
         root = ET.fromstring(t.conn.call(d.XMLDesc, 0))
         for a in root.iter("address"):
             if a.get("type") == "pci" and a.get("bus") is not None and _in_source(root, a):

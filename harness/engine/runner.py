@@ -1,173 +1,100 @@
 """Runs one scenario through a fixed, visible sequence: lease devices, create networks, run each
 step, snapshot, judge with the oracle, write artefacts, and always clean up.
+
+The sequence only: what a run holds is its RunState (run_state.py), the files go through artefacts.py,
+the removal through cleanup.py, so the order of these phases and their try/finally read in one place.
 """
 from __future__ import annotations
 
-import contextlib
 import os
-import re
-import secrets
-import shlex
-import threading
 import time
-import xml.etree.ElementTree as ET
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import libvirt
-
-from harness import oracle, paths
-from harness.bed.qemu import pid_alive
-from harness.engine import xmlbuild
 from filelock import ReadWriteLock
 
-from harness.engine import devices, diagnose, shared_networks, teardown
+from harness import oracle
+from harness.bed.qemu import pid_alive
+from harness.engine import artefacts, cleanup, diagnose, shared_networks, steps, teardown
 from harness.engine.devices import Leases
-from harness.engine.journal import Entry, Journal, on_vfio
-from harness.engine.session import Target
+from harness.engine.journal import Entry, Journal
+from harness.engine.plan import unmet_requirements
+from harness.engine.run_state import RunState, ScenarioSkip, StepFailure
 from harness.engine.steps import ACTIONS, StepContext
 from harness.errors import HarnessError, InfrastructureError
-from harness.libvirt_build import upgrade
 from harness.progress import say
-from harness.report.run import os_error_text, redact
-from harness.scenario.model import Device, Scenario, Step
+from harness.scenario.model import Step
 
 
-@dataclass
-class StepFailure(Exception):
-    index: int
-    step: Step
-    check: str
-    expected: str
-    actual: str
-    libvirt_error: str | None = None
-    violations: list[oracle.Violation] = field(default_factory=list)
-    evidence: str | None = None          # e.g. the tail of qemu.log when QEMU went away
+def run_scenario(run: RunState, on_teardown: Callable[[teardown.Job], None] | None = None) -> list[dict]:
+    """Run one scenario on its target; returns the steps' records when every step passed.
 
-    def __str__(self) -> str:
-        return f"step {self.index + 1} '{self.step.describe()}': [{self.check}] expected {self.expected}; got {self.actual}"
-
-
-class ScenarioSkip(Exception):
-    pass
-
-
-def walk_steps(steps: list[Step]):
-    for s in steps:
-        yield s
-        yield from walk_steps(s.steps)
-
-
-def all_devices(sc: Scenario) -> list[Device]:
-    devs = list(sc.domain.devices)
-    devs += [s.arg for s in walk_steps(sc.steps) if s.action == "attach" and isinstance(s.arg, Device)]
-    return devs
-
-
-def unmet_requirements(sc: Scenario, t: Target) -> str | None:
-    req = sc.requires or {}
-    if "libvirt" in req or "qemu" in req:
-        from harness.scenario.loader import version_satisfies
-    if "libvirt" in req and not version_satisfies(t.libvirt_version, req["libvirt"]):
-        return f"needs libvirt {req['libvirt']}, target has {t.libvirt_version}"
-    if "qemu" in req and not version_satisfies(t.qemu_version, req["qemu"]):
-        return f"needs QEMU {req['qemu']}, target has {t.qemu_version}"
-    have = devices.counts(t.nics)
-    for k, key in (("vf", "vfs"), ("e1000e", "e1000e")):
-        if req.get(key, 0) > have[k]:
-            return f"needs {req[key]} {k} devices, the target has {have[k]}"
-    if req.get("domain_type") == "kvm" and not t.kvm_available:
-        return "needs domain type kvm, the target offers only qemu (TCG)"
-    for s in walk_steps(sc.steps):
-        if s.action == "upgrade-libvirt" and t.bed is not None and upgrade.unmet(t.bed.suite, s.arg):
-            return upgrade.unmet(t.bed.suite, s.arg)
-    return None
+    Raises ScenarioSkip, StepFailure (the verdict), or InfrastructureError, HarnessError, libvirtError (not a
+    verdict on libvirt); `run` holds what happened in every case (steps_log, current, cleanup_problems,
+    phases). `on_teardown`: a passed scenario's teardown may overlap the next scenario (engine/teardown.py),
+    and this is called in the main thread when it has finished; without it, teardown ends before the return.
+    """
+    return Runner(run, on_teardown).execute()
 
 
 class Runner:
-    def __init__(self, sc: Scenario, t: Target, artefacts: Path):
-        self.sc = sc
-        self.t = t
-        self.art = artefacts
-        self.art.mkdir(parents=True, exist_ok=True)
-        tag = f"{t.worker}{t.run_tag}"
-        self.dom_name = f"{paths.PREFIX}{sc.name[:40]}-{tag}-{secrets.token_hex(2)}"
-        self.r = xmlbuild.Resolved(salt=self.dom_name)
-        self.console_log = f"/var/log/libvirt/qemu/{self.dom_name}-console.log"
-        self.qemu_log = f"/var/log/libvirt/qemu/{self.dom_name}.log"
-        self.steps_log: list[dict] = []
-        self.dom: libvirt.virDomain | None = None
-        self.networks: dict[str, libvirt.virNetwork] = {}
-        self.subnets: dict[str, int] = {}
-        self.shared: set[str] = shared_networks.shareable(sc)   # network syms served by a shared network
-        self.cleanup_problems: list[str] = []   # filled by _cleanup; the plugin fails the scenario on any
-        self.artefact_problems: list[str] = []  # artefact files that could not be written (full results disk)
-        self.current: str | None = None         # the step running now, for infrastructure-error messages
-        self.phases: list[dict] = []            # where the time went: wall and libvirt/SSH seconds per phase
-        self.exclusive = any(s.action in ("restart-daemon", "upgrade-libvirt") for s in walk_steps(sc.steps))
-        self.upgraded = False                   # set by upgrade-libvirt: cleanup restores the original libvirt
-        # Set by the plugin: called (in the main thread) when a handed-off teardown has finished.
-        self.on_teardown: "Callable[[teardown.Job], None] | None" = None
+    """The fixed sequence of one run; everything the run holds is its RunState."""
+
+    def __init__(self, run: RunState, on_teardown: Callable[[teardown.Job], None] | None = None):
+        self.run = run
+        run.art.mkdir(parents=True, exist_ok=True)
+        # Called (in the main thread) when a handed-off teardown has finished.
+        self.on_teardown = on_teardown
         self.teardown_job: teardown.Job | None = None
 
-    @contextlib.contextmanager
-    def phase(self, name: str, t: Target | None = None):
-        """Time one phase of the fixed sequence (bench.scenarios prints them per scenario)."""
-        overlapped = t is not None and t is not self.t     # a handed-off teardown, after the scenario's time
-        t = t or self.t
-        t0, lv0 = time.monotonic(), t.libvirt_seconds
-        try:
-            yield
-        finally:
-            self.phases.append({"phase": name, "s": round(time.monotonic() - t0, 3),
-                                "libvirt_s": round(t.libvirt_seconds - lv0, 3), "overlapped": overlapped})
-
     # ---- the fixed sequence ----------------------------------------------------------
-    def run(self) -> list[dict]:
-        why = unmet_requirements(self.sc, self.t)
+    def execute(self) -> list[dict]:
+        run = self.run
+        why = unmet_requirements(run.sc, run.t)
         if why:
             raise ScenarioSkip(why)
         # A daemon restart drops every worker's connection: such scenarios hold the bed alone.
-        rw = ReadWriteLock(str(self.t.lock_dir / "bed.rwlock"), is_singleton=False)
-        intent = self.t.lock_dir / "bed.writer-waiting"
-        with self.phase("wait for the bed lock"):
-            if self.exclusive:
+        rw = ReadWriteLock(str(run.t.lock_dir / "bed.rwlock"), is_singleton=False)
+        intent = run.t.lock_dir / "bed.writer-waiting"
+        with run.phase("wait for the bed lock"):
+            if run.exclusive:
                 # Readers overlap (a teardown takes its read lock before its scenario lets go): without a
                 # sign that a writer waits, other workers' scenarios could hold the bed for good.
                 intent.write_text(str(os.getpid()))
-                if self.t.reaper is not None:
-                    self.t.reaper.drain()  # this worker's own teardowns hold read locks: let them finish
+                if run.t.reaper is not None:
+                    run.t.reaper.drain()  # this worker's own teardowns hold read locks: let them finish
             else:
                 _wait_for_writer(intent)
-            lock = rw.write_lock() if self.exclusive else rw.read_lock()
+            lock = rw.write_lock() if run.exclusive else rw.read_lock()
             try:
                 lock.__enter__()
             finally:
-                if self.exclusive:
+                if run.exclusive:
                     intent.unlink(missing_ok=True)
         try:
-            self.t.conn.ensure()
+            run.t.conn.ensure()
             return self._run_leased()
         finally:
             lock.__exit__(None, None, None)
 
     def _run_leased(self) -> list[dict]:
-        journal = Journal(self.t.lock_dir)
-        leases = Leases(self.t.lock_dir, self.t.nics).__enter__()
+        run = self.run
+        journal = Journal(run.t.lock_dir)
+        leases = Leases(run.t.lock_dir, run.t.nics).__enter__()
         handed_off = False
         passed = False
         try:
             try:
-                with self.phase("prepare (leases, journal, daemon state)"):
+                with run.phase("prepare (leases, journal, daemon state)"):
                     self._lease(leases)
                     # Written before anything exists in the bed: a run that dies now is swept next time.
-                    own = [n for s, n in self.r.networks.items() if s not in self.shared]
-                    journal.write(Entry(domain=self.dom_name, networks=sorted(own),
-                                        pci=[str(a) for a in self.r.addrs.values()], scenario=self.sc.name))
-                    self._daemon_before = diagnose.daemon_state(self.t)
-                    self._prepare()
-                with self.phase("networks"):
+                    own = [n for s, n in run.r.networks.items() if s not in run.shared]
+                    journal.write(Entry(domain=run.dom_name, networks=sorted(own),
+                                        pci=[str(a) for a in run.r.addrs.values()], scenario=run.sc.name))
+                    run.daemon_before = diagnose.daemon_state(run.t)
+                    run.prepare()
+                with run.phase("networks"):
                     self._create_networks()
                 self._run_steps()
                 passed = True
@@ -179,159 +106,92 @@ class Runner:
                 # Cleanup runs whatever writing artefacts does (a full results disk raised out of here once:
                 # the domain stayed in the bed while its VF lease was released).
                 try:
-                    with self.phase("logs"):
-                        self._collect_logs()
+                    with run.phase("logs"):
+                        artefacts.collect_logs(run)
                 except Exception as e:
-                    self._artefact_problem("logs", e)
+                    artefacts.problem(run, "logs", e)
                 finally:
-                    if passed and not self.artefact_problems and self._may_overlap():
-                        self._hand_off(leases, journal)
+                    if passed and not run.artefact_problems and self._may_overlap():
+                        self.teardown_job = cleanup.hand_off(run, leases, journal, self.on_teardown)
                         handed_off = True
                     else:
-                        self._cleanup(leases)
-                        if not self.cleanup_problems:
-                            journal.remove(self.dom_name)
+                        cleanup.cleanup(run)
+                        if not run.cleanup_problems:
+                            journal.remove(run.dom_name)
         finally:
             if not handed_off:
                 leases.__exit__(None, None, None)
-        if self.artefact_problems:     # the steps passed and the bed is clean, but the evidence is incomplete
-            more = len(self.artefact_problems) - 1
+        if run.artefact_problems:     # the steps passed and the bed is clean, but the evidence is incomplete
+            more = len(run.artefact_problems) - 1
             raise InfrastructureError(
-                f"during the artefact writes: could not write {self.artefact_problems[0]}"
+                f"during the artefact writes: could not write {run.artefact_problems[0]}"
                 + (f" (and {more} more file{'s' if more > 1 else ''})" if more else "")
-                + f"; the steps passed and the bed was cleaned up, the artefacts in {self.art} are incomplete",
+                + f"; the steps passed and the bed was cleaned up, the artefacts in {run.art} are incomplete",
                 hint="free space in the results directory (or use --results-dir elsewhere) and run again")
-        return self.steps_log
+        return run.steps_log
 
     # ---- teardown overlapped with the next scenario (engine/teardown.py says why) -------
     def _may_overlap(self) -> bool:
-        return self.on_teardown is not None and teardown.enabled() and not self.exclusive
-
-    def _hand_off(self, leases: Leases, journal: Journal) -> None:
-        holds_lock = threading.Event()
-
-        def job(view: Target) -> None:
-            rw = ReadWriteLock(str(self.t.lock_dir / "bed.rwlock"), is_singleton=False)
-            try:
-                with rw.read_lock():
-                    holds_lock.set()
-                    self._cleanup(leases, view)
-                    if not self.cleanup_problems:
-                        journal.remove(self.dom_name)
-                    if view.bed is not None and self.r.addrs:
-                        # The VFs just went back to igbvf: let udev rename them before the next holder
-                        # (libvirt 9.0 reads the kernel's first name otherwise; see vf-returned-to-pool).
-                        with self.phase("udev settle", view):
-                            view.ssh("udevadm settle -t 10", timeout=30)
-            finally:
-                holds_lock.set()
-                leases.__exit__(None, None, None)
-
-        if self.t.reaper is None:
-            self.t.reaper = teardown.Reaper(self.t)
-        self.teardown_job = self.t.reaper.submit(self.sc.name, job, self.on_teardown)
-        # Ours goes when we return: the teardown's own read lock must be held first (else a daemon
-        # restart elsewhere could slip in between and find this domain still there).
-        while not holds_lock.wait(teardown.WAIT_SLICE):
-            pass
+        return self.on_teardown is not None and teardown.enabled() and not self.run.exclusive
 
     def _infrastructure(self, e: Exception) -> InfrastructureError:
         """Wrap what libvirt or SSH said with the fault the bed shows (killed daemon, dead bed, hang)."""
+        run = self.run
         said = e.get_error_message() if isinstance(e, libvirt.libvirtError) else getattr(e, "message", str(e))
         try:
-            why = diagnose.explain(self.t, getattr(self, "_daemon_before", {}),
-                                   getattr(self, "_daemon_before", {}).get("Epoch"))
+            why = diagnose.explain(run.t, run.daemon_before, run.daemon_before.get("Epoch"))
         except Exception as d:   # the diagnosis must never hide the error itself
             why = f"(could not inspect the bed: {d})"
-        where = self.current or "set-up"
+        where = run.current or "set-up"
         return InfrastructureError(f"during {where}: {said}" + (f"\n  fault: {why}" if why else ""),
                                    hint=getattr(e, "hint", None))
 
     def _connection_lost(self) -> bool:
-        c = self.t.conn
-        if c.closed or c.conn is None:
+        c = self.run.t.conn
+        if c.closed or c.virconn is None:
             return True
         try:
-            return not c.call(c.conn.isAlive, timeout=20)
+            return not c.call(c.virconn.isAlive, timeout=20)
         except (libvirt.libvirtError, HarnessError):
             return True
 
     def _lease(self, leases: Leases) -> None:
-        for sym, hd in self.sc.devices.items():
+        run = self.run
+        for sym, hd in run.sc.devices.items():
             nic = leases.lease(sym, hd.kind)
-            self.r.addrs[sym] = Leases.addr(nic)
+            run.r.addrs[sym] = Leases.addr(nic)
             if nic.ifname:
-                self.r.ifnames[sym] = nic.ifname
-        for sym, net in self.sc.networks.items():
-            if sym in self.shared:
-                if self.t.shared_networks is None:
-                    self.t.shared_networks = shared_networks.SharedNetworks(self.t)
-                sh = self.t.shared_networks.get(net.forward)
-                self.r.networks[sym] = sh.name
+                run.r.ifnames[sym] = nic.ifname
+        for sym, net in run.sc.networks.items():
+            if sym in run.shared:
+                if run.t.shared_networks is None:
+                    run.t.shared_networks = shared_networks.SharedNetworks(run.t)
+                sh = run.t.shared_networks.get(net.forward)
+                run.r.networks[sym] = sh.name
                 if sh.bridge:
-                    self.r.bridges[sym] = sh.bridge
+                    run.r.bridges[sym] = sh.bridge
                 continue
-            self.r.networks[sym] = f"{self.dom_name}-{sym}"[:60]
+            run.r.networks[sym] = f"{run.dom_name}-{sym}"[:60]
             if net.forward != "hostdev":
-                self.subnets[sym] = leases.lease_index("subnet", 250)
-        if self.r.addrs:
-            say(f"{self.sc.name}: leased " + ", ".join(f"{s}={a}" for s, a in self.r.addrs.items()))
-
-    def _prepare(self) -> None:
-        """Give every device its MAC (explicit ones first, so generated ones never collide), its
-        identity key for the oracle, and note the user aliases it was written with."""
-        self.devs = {d.id: d for d in all_devices(self.sc)}
-        for d in self.devs.values():
-            if d.spec.get("mac"):
-                self.r.macs[d.id] = d.spec["mac"]
-        for d in self.devs.values():
-            if d.kind != "hostdev":
-                self.r.mac_for(d.id)
-        self.keys: dict[str, str] = {}
-        self.user_aliases: dict[str, str] = {}
-        for d in self.devs.values():
-            try:
-                el = xmlbuild.device_element(d, self.r)
-            except KeyError:
-                continue   # refers to a bridge not known before its network starts; keyed when attached
-            self.keys[d.id] = oracle.key_of(el)
-            a = el.find("alias")
-            if a is not None and a.get("name", "").startswith("ua-"):
-                self.user_aliases[d.id] = a.get("name")
-        self.virt_type = self.sc.domain.type if self.sc.domain.type != "auto" else (
-            "kvm" if self.t.kvm_available else "qemu")
-
-    def domain_xml(self) -> str:
-        return xmlbuild.domain_xml(self.dom_name, self.sc.domain, self.r, self.virt_type,
-                                   list(self.devs.values()), self.console_log)
-
-    def hostdev_networks(self) -> set[str]:
-        return {self.r.networks[s] for s, n in self.sc.networks.items() if n.forward == "hostdev"}
+                run.subnets[sym] = leases.lease_index("subnet", 250)
+        if run.r.addrs:
+            say(f"{run.sc.name}: leased " + ", ".join(f"{s}={a}" for s, a in run.r.addrs.items()))
 
     def _create_networks(self) -> None:
-        for sym, net in self.sc.networks.items():
-            if net.create and sym not in self.shared:
-                self.network_define(sym)
-                self.network_start(sym)
-
-    def network_define(self, sym: str) -> None:
-        xml = xmlbuild.network_xml(self.r.networks[sym], self.sc.networks[sym], self.r, self.subnets.get(sym))
-        self.networks[sym] = self.t.conn.call(self.t.conn.conn.networkDefineXML, xml)
-
-    def network_start(self, sym: str) -> None:
-        n = self.networks[sym]
-        self.t.conn.call(n.create)
-        br = ET.fromstring(self.t.conn.call(n.XMLDesc, 0)).find("bridge")
-        if br is not None:
-            self.r.bridges[sym] = br.get("name")
+        run = self.run
+        for sym, net in run.sc.networks.items():
+            if net.create and sym not in run.shared:
+                steps.define_network(run, sym)
+                steps.start_network(run, sym)
 
     # ---- steps -----------------------------------------------------------------------
     def snapshot(self, removed: list[str] | None = None) -> oracle.Snapshot:
+        run = self.run
         s = oracle.Snapshot(removed_events=list(removed or []))
-        d = self.dom
+        d = run.dom
         if d is None:
             return s
-        c = self.t.conn
+        c = run.t.conn
         try:
             if c.call(d.isActive):
                 try:
@@ -348,33 +208,35 @@ class Runner:
         except libvirt.libvirtError as e:
             if e.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
                 raise
-            self.dom = None
+            run.dom = None
             s.state = "gone (undefined)"
         return s
 
     def _run_steps(self) -> None:
-        with self.phase("snapshot before the steps"):
-            self.before = self.snapshot()
-        self.index = 0
-        for step in self.sc.steps:
+        run = self.run
+        with run.phase("snapshot before the steps"):
+            run.before = self.snapshot()
+        run.index = 0
+        for step in run.sc.steps:
             self._run_step(step)
 
     def _run_step(self, step: Step) -> None:
+        run = self.run
         if step.action == "repeat":
             for _ in range(step.times):
                 for sub in step.steps:
                     self._run_step(sub)
             return
-        i = self.index
-        self.index += 1
-        say(f"{self.sc.name}: step {i + 1} {step.describe()} ({step.mark})")
-        self.current = f"step {i + 1} '{step.describe()}' ({step.mark})"
-        sctx = StepContext(runner=self, step=step)
-        lv0 = self.t.libvirt_seconds
+        i = run.index
+        run.index += 1
+        say(f"{run.sc.name}: step {i + 1} {step.describe()} ({step.mark})")
+        run.current = f"step {i + 1} '{step.describe()}' ({step.mark})"
+        sctx = StepContext(run=run, step=step)
+        lv0 = run.t.libvirt_seconds
         t0 = time.monotonic()
         err: str | None = None
         try:
-            with self.phase(f"step {i + 1} {step.action}"):
+            with run.phase(f"step {i + 1} {step.action}"):
                 ACTIONS[step.action](sctx)
         except libvirt.libvirtError as e:
             if self._connection_lost():     # libvirtd or the bed went away: not libvirt's answer
@@ -384,162 +246,39 @@ class Runner:
             if isinstance(e, InfrastructureError) or self._connection_lost():
                 raise self._infrastructure(e) from None
             err = e.message
-        with self.phase(f"step {i + 1} snapshot"):
+        with run.phase(f"step {i + 1} snapshot"):
             after = self.snapshot(sctx.removed)
         dur = time.monotonic() - t0
         entry = {"index": i, "step": step.describe(), "line": step.mark.line if step.mark else None,
                  "verdict": "passed", "duration_s": round(dur, 3),
-                 "libvirt_s": round(self.t.libvirt_seconds - lv0, 3),
+                 "libvirt_s": round(run.t.libvirt_seconds - lv0, 3),
                  "error": err,          # libvirt's text, also when the step expected it (harness diff)
                  "aliases": {k: v for k, v in oracle.aliases_by_id(after.live_xml or after.inactive_xml,
-                                                                  self.keys).items()}}
+                                                                  run.keys).items()}}
         if sctx.info is not None:
             entry["upgrade"] = sctx.info
-        self.steps_log.append(entry)
-        self._write_xml(i, step, after)
-        want_err = step.expect.get("error")
-        if want_err is not None:
-            if err is None:
-                self._fail(entry, i, step, "expect", f"the step to fail with {want_err!r}", "it succeeded")
-            if not _matches(want_err, err):
-                self._fail(entry, i, step, "expect", f"error matching {want_err!r}", repr(err), err)
-        elif err is not None:
-            self._fail(entry, i, step, "libvirt-error", "the step to succeed", err, err)
-        ctx = oracle.Context(step=step.action, hostdev_networks=self.hostdev_networks(), keys=self.keys,
-                             user_aliases=self.user_aliases, expect_aliases=step.expect.get("aliases", {}),
+        run.steps_log.append(entry)
+        artefacts.write_step(run, i, step, after)
+        v = oracle.step_error(step.expect.get("error"), err)
+        if v is not None:
+            self._fail(entry, i, step, v.check, v.expected, v.actual, err)
+        ctx = oracle.Context(step=step.action, hostdev_networks=run.hostdev_networks(), keys=run.keys,
+                             user_aliases=run.user_aliases, expect_aliases=step.expect.get("aliases", {}),
                              may_change=set(step.expect.get("changes", [])), expect_removed=sctx.expect_removed)
         if err is None and step.action == "attach":
             ctx.attached, ctx.attach_flags = step.arg.id, step.flags
         if err is None and step.action in ("detach", "wait-removed"):
             ctx.detached, ctx.detach_flags = step.arg, step.flags
-        violations = oracle.check(self.before, after, ctx)
+        violations = oracle.check(run.before, after, ctx)
         if violations:
             v = violations[0]
             self._fail(entry, i, step, v.check, v.expected, v.actual, err, violations)
-        self.before = after
+        run.before = after
 
     def _fail(self, entry, i, step, check, expected, actual, err=None, violations=None):
         entry["verdict"] = "failed"
-        evidence = self._qemu_log_tail() if check == "domain-running" else None
+        evidence = artefacts.qemu_log_tail(self.run) if check == "domain-running" else None
         raise StepFailure(i, step, check, expected, actual, err, violations or [], evidence)
-
-    def _qemu_log_tail(self, n: int = 8) -> str | None:
-        """The last lines QEMU wrote, so a 3 a.m. reader sees why it exited without opening artefacts."""
-        if self.t.bed is None:
-            return None
-        try:
-            p = self.t.ssh(f"tail -n {n} {shlex.quote(self.qemu_log)}", timeout=30)
-            return p.stdout.strip() or None
-        except Exception:   # best effort: the failure itself is already known
-            return None
-
-    def _write_xml(self, i: int, step: Step, s: oracle.Snapshot) -> None:
-        slug = re.sub(r"[^a-z0-9]+", "-", step.action)
-        if s.live_xml:
-            self._write_artefact(f"step-{i + 1:02d}-{slug}-live.xml", s.live_xml)
-        if s.inactive_xml:
-            self._write_artefact(f"step-{i + 1:02d}-{slug}-inactive.xml", s.inactive_xml)
-        if s.qemu_ids is not None:
-            self._write_artefact(f"step-{i + 1:02d}-{slug}-qemu-ids.txt", "\n".join(sorted(s.qemu_ids)) + "\n")
-
-    # ---- artefact files --------------------------------------------------------------
-    def _write_artefact(self, name: str, text: str) -> None:
-        """One file under artefacts/, redacted like summary.json (logs from the bed can quote the URI or a
-        key). A failed write (results disk full) is noted, never raised: the steps, the verdict and the
-        bed's cleanup go on; `_run_leased` reports the problem at the end."""
-        path = self.art / name
-        try:
-            path.write_text(redact(text))
-        except OSError as e:
-            try:
-                path.unlink(missing_ok=True)     # a truncated log would read as the whole story
-            except OSError:
-                pass
-            self._artefact_problem(name, e)
-
-    def _artefact_problem(self, name: str, e: BaseException) -> None:
-        text = f"{name}: {os_error_text(e)}" if isinstance(e, OSError) else f"{name}: {type(e).__name__}: {e}"
-        if not self.artefact_problems:
-            say(f"{self.sc.name}: could not write artefact {text}", warn=True)
-        self.artefact_problems.append(text)
-
-    # ---- always ----------------------------------------------------------------------
-    def _collect_logs(self) -> None:
-        if self.t.bed is None:
-            return
-        try:
-            p = self.t.ssh(f"cat {shlex.quote(self.qemu_log)} 2>/dev/null; "
-                           f"echo; echo '--- console ---'; cat {shlex.quote(self.console_log)} 2>/dev/null", timeout=30)
-            self._write_artefact("qemu.log", p.stdout)
-            p = self.t.ssh("tail -n 400 /var/log/libvirt/libvirtd.log 2>/dev/null", timeout=30)
-            self._write_artefact("libvirtd.log", p.stdout)
-        except Exception as e:   # logs are best effort; cleanup must still run
-            self._write_artefact("logs-error.txt", str(e))
-
-    def _cleanup(self, leases: Leases, t: Target | None = None) -> None:
-        """Remove the domain and networks and check every leased VF is back on its host driver.
-        `t`: the target view of a teardown thread (its own connection); default the run's target."""
-        t = t or self.t
-        c = t.conn
-        problems = []
-        try:
-            c.ensure(reconnect_timeout=90)     # a libvirtd restart in a TCG bed can take 30 s and more
-        except HarnessError as e:
-            self.cleanup_problems = [f"cleanup deferred, the bed does not answer ({e.message}): the next session "
-                                     f"on this bed removes {self.dom_name} and its networks (journal "
-                                     f"{self.t.lock_dir / 'journal'})"]
-            self._write_artefact("cleanup-problems.txt", self.cleanup_problems[0] + "\n")
-            return
-        try:
-            d = c.call(c.conn.lookupByName, self.dom_name)
-        except (libvirt.libvirtError, HarnessError):
-            d = None
-        if d is not None:
-            for what, fn in (("destroy", lambda: d.isActive() and d.destroy()),
-                             ("undefine", lambda: d.isPersistent() and d.undefineFlags(
-                                 libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
-                                 | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA))):
-                try:
-                    with self.phase(what, t):
-                        c.call(fn, timeout=120)
-                except (libvirt.libvirtError, HarnessError) as e:
-                    problems.append(f"{what} {self.dom_name}: {e}")
-        with self.phase("remove networks", t):
-            for sym in self.sc.networks:
-                if sym in self.shared:
-                    continue
-                try:
-                    n = c.call(c.conn.networkLookupByName, self.r.networks[sym])
-                except (libvirt.libvirtError, HarnessError):
-                    continue
-                try:
-                    if n.isActive():
-                        c.call(n.destroy)
-                    if n.isPersistent():
-                        c.call(n.undefine)
-                except (libvirt.libvirtError, HarnessError) as e:
-                    problems.append(f"remove network {n.name()}: {e}")
-        if self.upgraded and t.bed is not None:
-            with self.phase("restore the original libvirt", t):
-                try:
-                    upgrade.restore(t.bed)
-                    c.reconnect(timeout=120)
-                except HarnessError as e:
-                    problems.append(f"restore the original libvirt: {e.message}")
-        if t.bed is not None and self.r.addrs:
-            vfs = [str(a) for s, a in self.r.addrs.items() if self.sc.devices[s].kind in ("vf", "e1000e")]
-            if vfs:
-                try:
-                    with self.phase("check device drivers", t):
-                        bound = on_vfio(t, vfs)
-                    if bound:
-                        problems.append("devices not returned to their host driver: "
-                                        + ", ".join(f"{a} vfio-pci" for a in bound))
-                except HarnessError as e:
-                    problems.append(f"could not check the leased devices' drivers: {e.message}")
-        if problems:
-            self.cleanup_problems = problems     # first: the file below may not fit on the results disk
-            self._write_artefact("cleanup-problems.txt", "\n".join(problems) + "\n")
 
 
 _SHUTOFF_REASONS = {libvirt.VIR_DOMAIN_SHUTOFF_UNKNOWN: "unknown", libvirt.VIR_DOMAIN_SHUTOFF_SHUTDOWN: "guest shut down",
@@ -573,10 +312,3 @@ def domain_state(st: list[int]) -> str:
         return "crashed"
     return f"in state {state} (reason {reason})"
 
-
-def _matches(want: str, got: str | None) -> bool:
-    if got is None:
-        return False
-    if want.startswith("re:"):
-        return re.search(want[3:], got) is not None
-    return want in got

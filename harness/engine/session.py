@@ -75,7 +75,7 @@ def open_target(uri: str | None = None, bed: BedInfo | None = None) -> Target:
     if not uri:
         raise HarnessError("no target", hint="pass --bed NAME or --libvirt-uri URI")
     conn = Conn(uri)
-    c = conn.conn
+    c = conn.virconn
     lv = _ver(conn.call(c.getLibVersion))
     qv = _ver(conn.call(c.getVersion))
     kvm = True
@@ -114,18 +114,28 @@ def _live_owned(t: Target) -> set[str]:
     return owned
 
 
+def _unowned(t: Target, owned: set[str]):
+    """("domain" or "network", object) for each domain, then each network, of earlier runs (name prefix
+    hx-) that no running session owns. Networks are listed once the domains have been walked."""
+    c = t.conn.virconn
+    for kind, listing in (("domain", c.listAllDomains), ("network", c.listAllNetworks)):
+        for o in t.conn.call(listing, 0):
+            if o.name().startswith(paths.PREFIX) and o.name() not in owned:
+                yield kind, o
+
+
+def _passthrough_pci(t: Target) -> list[str]:
+    """The target's devices that a run may leave on vfio-pci."""
+    return [n.pci for n in t.nics if n.kind in ("vf", "e1000e")]
+
+
 def leftovers(t: Target) -> list[str]:
     """Domains and networks of earlier runs (name prefix hx-) that no running session owns."""
-    c = t.conn.conn
     owned = _live_owned(t)
-    out = [f"domain {d.name()}" for d in t.conn.call(c.listAllDomains, 0)
-           if d.name().startswith(paths.PREFIX) and d.name() not in owned]
-    out += [f"network {n.name()}" for n in t.conn.call(c.listAllNetworks, 0)
-            if n.name().startswith(paths.PREFIX) and n.name() not in owned]
+    out = [f"{kind} {o.name()}" for kind, o in _unowned(t, owned)]
     if not owned:   # a live run may hold a VF on vfio-pci between its unplug and libvirt's reattach
         from harness.engine.journal import stray_pci
-        out += [f"device {a} left on vfio-pci" for a in stray_pci(t, [n.pci for n in t.nics
-                                                                        if n.kind in ("vf", "e1000e")])]
+        out += [f"device {a} left on vfio-pci" for a in stray_pci(t, _passthrough_pci(t))]
     return out
 
 
@@ -147,17 +157,9 @@ def sweep(t: Target) -> list[str]:
     give stray vfio-pci devices back to their host driver; returns what was removed."""
     from harness.engine.journal import reattach_stray, remove_domain, remove_network
     done = sweep_orphans(t)
-    c = t.conn.conn
-    owned = _live_owned(t)
-    for d in t.conn.call(c.listAllDomains, 0):
-        if not d.name().startswith(paths.PREFIX) or d.name() in owned:
-            continue
-        remove_domain(t.conn, d)
-        done.append(f"domain {d.name()}")
-    for n in t.conn.call(c.listAllNetworks, 0):
-        if not n.name().startswith(paths.PREFIX) or n.name() in owned:
-            continue
-        remove_network(t.conn, n)
-        done.append(f"network {n.name()}")
-    done += reattach_stray(t, [n.pci for n in t.nics if n.kind in ("vf", "e1000e")])
+    remove = {"domain": remove_domain, "network": remove_network}
+    for kind, o in _unowned(t, _live_owned(t)):
+        remove[kind](t.conn, o)
+        done.append(f"{kind} {o.name()}")
+    done += reattach_stray(t, _passthrough_pci(t))
     return done

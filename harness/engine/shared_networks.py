@@ -21,6 +21,7 @@ from harness import paths
 from harness.engine import xmlbuild
 from harness.engine.devices import Leases
 from harness.engine.journal import Entry, Journal, remove_network
+from harness.engine.plan import walk_steps
 from harness.errors import HarnessError
 from harness.progress import say
 from harness.scenario.model import Network, Scenario
@@ -33,7 +34,6 @@ def enabled() -> bool:
 
 
 def _driven_by_steps(sc: Scenario) -> set[str]:
-    from harness.engine.runner import walk_steps
     return {s.arg for s in walk_steps(sc.steps) if s.action in NETWORK_STEPS}
 
 
@@ -74,13 +74,13 @@ class SharedNetworks:
             self.journal.write(Entry(domain=name, networks=[name], scenario=f"shared {forward} network"))
             self.subnets[forward] = self.leases.lease_index("subnet", 250)
         try:
-            net = c.call(c.conn.networkLookupByName, name)
+            net = c.call(c.virconn.networkLookupByName, name)
         except libvirt.libvirtError as e:
             if e.get_error_code() != libvirt.VIR_ERR_NO_NETWORK:
                 raise
             xml = xmlbuild.network_xml(name, Network(sym=forward, forward=forward), xmlbuild.Resolved(),
                                        self.subnets[forward])
-            net = c.call(c.conn.networkDefineXML, xml)
+            net = c.call(c.virconn.networkDefineXML, xml)
         if not c.call(net.isActive):
             c.call(net.create)
         br = ET.fromstring(c.call(net.XMLDesc, 0)).find("bridge")
@@ -94,7 +94,7 @@ class SharedNetworks:
         sh = self.nets.pop(forward)
         c = self.t.conn
         try:
-            remove_network(c, c.call(c.conn.networkLookupByName, sh.name))
+            remove_network(c, c.call(c.virconn.networkLookupByName, sh.name))
         except libvirt.libvirtError as e:
             if e.get_error_code() != libvirt.VIR_ERR_NO_NETWORK:
                 raise

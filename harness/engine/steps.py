@@ -1,6 +1,7 @@
 """One function per step kind. Adding a step kind is one function here and one schema entry.
 
-Each function acts; it never judges: the runner snapshots afterwards and the oracle decides.
+Each function acts on the run's state (engine/run_state.py) and writes into it what it made or found
+(the domain, networks, identity keys); it never judges: the runner snapshots afterwards and the oracle decides.
 Waits use libvirt events (device-removed) or bounded polls of real state, never bare sleeps.
 """
 from __future__ import annotations
@@ -15,12 +16,12 @@ import libvirt
 
 from harness import oracle
 from harness.engine import xmlbuild
+from harness.engine.run_state import RunState
 from harness.errors import HarnessError, InfrastructureError
 from harness.libvirt_build import upgrade
 from harness.progress import say
 
 if TYPE_CHECKING:
-    from harness.engine.runner import Runner
     from harness.scenario.model import Step
 
 FLAGS = {
@@ -37,7 +38,7 @@ DETACH_TIMEOUT_GUEST = 90.0
 
 @dataclass
 class StepContext:
-    runner: "Runner"
+    run: RunState
     step: "Step"
     removed: list[str] = field(default_factory=list)   # aliases from device-removed events in this step
     expect_removed: bool = True
@@ -45,18 +46,18 @@ class StepContext:
 
     @property
     def conn(self):
-        return self.runner.t.conn
+        return self.run.t.conn
 
     def dom(self) -> libvirt.virDomain:
-        if self.runner.dom is None:
+        if self.run.dom is None:
             raise HarnessError(f"step '{self.step.describe()}' needs the domain, which is not defined",
                                hint="add a 'start' or 'define' step before it")
-        return self.runner.dom
+        return self.run.dom
 
 
 def _define(ctx: StepContext) -> None:
-    r = ctx.runner
-    r.dom = ctx.conn.call(ctx.conn.conn.defineXML, r.domain_xml())
+    run = ctx.run
+    run.dom = ctx.conn.call(ctx.conn.virconn.defineXML, run.domain_xml())
 
 
 def do_define(ctx: StepContext) -> None:
@@ -64,45 +65,45 @@ def do_define(ctx: StepContext) -> None:
 
 
 def do_start(ctx: StepContext) -> None:
-    r = ctx.runner
-    if r.dom is None:
+    run = ctx.run
+    if run.dom is None:
         _define(ctx)
-    ctx.conn.call(r.dom.create, timeout=180)
-    if not r.sc.domain.guest:
+    ctx.conn.call(run.dom.create, timeout=180)
+    if not run.sc.domain.guest:
         return
-    if r.virt_type == "kvm" and r.sc.domain.type == "auto" and not wait_console(ctx, "", NESTED_KVM_GRACE):
+    if run.virt_type == "kvm" and run.sc.domain.type == "auto" and not wait_console(ctx, "", NESTED_KVM_GRACE):
         # Nested KVM on an emulated CPU is fragile: a guest that prints nothing at all is stuck, not slow.
-        say(f"{r.sc.name}: the tiny guest printed nothing under nested KVM in {NESTED_KVM_GRACE:.0f} s; "
+        say(f"{run.sc.name}: the tiny guest printed nothing under nested KVM in {NESTED_KVM_GRACE:.0f} s; "
             "falling back to domain type qemu (TCG)", warn=True)
-        ctx.conn.call(r.dom.destroy, timeout=120)
-        ctx.conn.call(r.dom.undefine)
-        r.virt_type = "qemu"
+        ctx.conn.call(run.dom.destroy, timeout=120)
+        ctx.conn.call(run.dom.undefine)
+        run.virt_type = "qemu"
         _define(ctx)
-        ctx.conn.call(r.dom.create, timeout=180)
+        ctx.conn.call(run.dom.create, timeout=180)
     if not wait_console(ctx, "harness-guest-ready", GUEST_BOOT_TIMEOUT):
         # The harness's own guest, not libvirt, failed: an infrastructure error, never a verdict.
-        raise InfrastructureError(f"the tiny guest did not boot within {GUEST_BOOT_TIMEOUT:.0f} s (domain type {r.virt_type})",
-                           hint=f"see qemu.log in the artefacts (console: {r.console_log})")
+        raise InfrastructureError(f"the tiny guest did not boot within {GUEST_BOOT_TIMEOUT:.0f} s (domain type {run.virt_type})",
+                           hint=f"see qemu.log in the artefacts (console: {run.console_log})")
 
 
 def wait_console(ctx: StepContext, marker: str, timeout: float) -> bool:
     """True once the guest's serial console holds `marker` (any output at all for ""): the tiny guest
     prints its marker once its kernel can handle unplug."""
-    r = ctx.runner
+    run = ctx.run
     deadline = time.monotonic() + timeout
-    log = shlex.quote(r.console_log)
+    log = shlex.quote(run.console_log)
     test = f"grep -c {shlex.quote(marker)} {log}" if marker else f"test -s {log} && echo 1"
     while time.monotonic() < deadline:
-        p = r.t.ssh(test, timeout=30)
+        p = run.t.ssh(test, timeout=30)
         if p.stdout.strip() not in ("", "0"):
             return True
         # Waiting minutes on a console file says nothing about why it stays silent: stop as soon as
         # the connection or the domain is gone (a daemon restart, a rebooted bed, a QEMU crash).
         if ctx.conn.closed:
             raise HarnessError(f"the libvirt connection closed while the tiny guest was booting ({ctx.conn.closed})")
-        if not ctx.conn.call(r.dom.isActive):
+        if not ctx.conn.call(run.dom.isActive):
             raise HarnessError("the test domain stopped while its tiny guest was booting",
-                               hint=f"see qemu.log in the artefacts (console: {r.console_log})")
+                               hint=f"see qemu.log in the artefacts (console: {run.console_log})")
         time.sleep(2)
     return False
 
@@ -116,25 +117,25 @@ def do_undefine(ctx: StepContext) -> None:
     active = ctx.conn.call(dom.isActive)
     ctx.conn.call(dom.undefineFlags, libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE)
     if not active:
-        ctx.runner.dom = None   # gone; a transient running domain stays reachable
+        ctx.run.dom = None   # gone; a transient running domain stays reachable
 
 
 def do_attach(ctx: StepContext) -> None:
     dev = ctx.step.arg
-    xml = xmlbuild.device_xml(dev, ctx.runner.r)
-    ctx.runner.keys[dev.id] = oracle.key_of(ET.fromstring(xml))
+    xml = xmlbuild.device_xml(dev, ctx.run.r)
+    ctx.run.keys[dev.id] = oracle.key_of(ET.fromstring(xml))
     ctx.conn.call(ctx.dom().attachDeviceFlags, xml, FLAGS[ctx.step.flags])
 
 
 def _alias_of(ctx: StepContext, dev_id: str) -> str | None:
-    b = ctx.runner.before
-    return oracle.aliases_by_id(b.live_xml, ctx.runner.keys).get(dev_id)
+    b = ctx.run.before
+    return oracle.aliases_by_id(b.live_xml, ctx.run.keys).get(dev_id)
 
 
 def do_detach(ctx: StepContext) -> None:
-    r = ctx.runner
-    dev = r.devs[ctx.step.arg]
-    xml = xmlbuild.device_xml(dev, r.r)
+    run = ctx.run
+    dev = run.devs[ctx.step.arg]
+    xml = xmlbuild.device_xml(dev, run.r)
     alias = _alias_of(ctx, dev.id)
     ctx.expect_removed = ctx.step.expect.get("removed", True)
     mark = ctx.conn.mark()
@@ -142,26 +143,26 @@ def do_detach(ctx: StepContext) -> None:
     if ctx.step.flags == "config" or alias is None:
         return
     if ctx.expect_removed:
-        timeout = ctx.step.timeout or (DETACH_TIMEOUT_GUEST if r.sc.domain.guest else DETACH_TIMEOUT)
-        kind = ctx.conn.wait_event(mark, r.dom_name, alias, timeout)
+        timeout = ctx.step.timeout or (DETACH_TIMEOUT_GUEST if run.sc.domain.guest else DETACH_TIMEOUT)
+        kind = ctx.conn.wait_event(mark, run.dom_name, alias, timeout)
         if kind == "removal-failed":
             raise HarnessError(f"QEMU reported device-removal-failed for {alias}")
-    ctx.removed = ctx.conn.events_since(mark, r.dom_name)
+    ctx.removed = ctx.conn.events_since(mark, run.dom_name)
 
 
 def do_wait_removed(ctx: StepContext) -> None:
-    r = ctx.runner
+    run = ctx.run
     alias = _alias_of(ctx, ctx.step.arg)
     timeout = ctx.step.timeout or DETACH_TIMEOUT_GUEST
     if alias is not None:
-        ctx.conn.wait_event(0, r.dom_name, alias, timeout)
-    ctx.removed = ctx.conn.events_since(0, r.dom_name)
+        ctx.conn.wait_event(0, run.dom_name, alias, timeout)
+    ctx.removed = ctx.conn.events_since(0, run.dom_name)
 
 
 def do_update(ctx: StepContext) -> None:
-    r = ctx.runner
+    run = ctx.run
     arg = ctx.step.arg
-    el = xmlbuild.device_element(r.devs[arg["id"]], r.r)
+    el = xmlbuild.device_element(run.devs[arg["id"]], run.r)
     if "link" in arg:
         for old in el.findall("link"):
             el.remove(old)
@@ -172,37 +173,37 @@ def do_update(ctx: StepContext) -> None:
 def do_restart_daemon(ctx: StepContext) -> None:
     """Restart libvirtd in the bed, reconnect, and wait until it has reattached to the domain
     (a monitor command needs a domain job, which waits for the background reconnect)."""
-    r = ctx.runner
-    p = r.t.ssh("systemctl restart libvirtd", timeout=180)
+    run = ctx.run
+    p = run.t.ssh("systemctl restart libvirtd", timeout=180)
     if p.returncode != 0:
         raise HarnessError(f"systemctl restart libvirtd failed: {p.stderr.strip()}")
     ctx.conn.reconnect(timeout=120)
-    r.dom = ctx.conn.call(ctx.conn.conn.lookupByName, r.dom_name)
-    if ctx.conn.call(r.dom.isActive):
-        ctx.conn.qemu_ids(r.dom, timeout=120)
+    run.dom = ctx.conn.call(ctx.conn.virconn.lookupByName, run.dom_name)
+    if ctx.conn.call(run.dom.isActive):
+        ctx.conn.qemu_ids(run.dom, timeout=120)
 
 
 def do_upgrade_libvirt(ctx: StepContext) -> None:
     """Install another libvirt under the running domain (harness/libvirt_build/upgrade.py), reconnect, and
     prove it: the bed's build proof plus the version the reconnected daemon reports. The runner's cleanup
     puts the original back."""
-    r = ctx.runner
-    if r.t.bed is None:
+    run = ctx.run
+    if run.t.bed is None:
         raise HarnessError("upgrade-libvirt needs a bed (--bed), not a bare --libvirt-uri")
-    r.upgraded = True
-    info = upgrade.upgrade(r.t.bed, ctx.step.arg, owner=r.dom_name)
+    run.upgraded = True
+    info = upgrade.upgrade(run.t.bed, ctx.step.arg, owner=run.dom_name)
     ctx.conn.reconnect(timeout=120)
-    info["daemon_version"] = ctx.conn.call(ctx.conn.conn.getLibVersion)
+    info["daemon_version"] = ctx.conn.call(ctx.conn.virconn.getLibVersion)
     ctx.info = info
     want = info.get("version")
     if want and info["daemon_version"] != _version_number(want):
         raise HarnessError(f"after upgrade-libvirt the daemon reports {info['daemon_version']}, not {want}")
     if info.get("after") not in ("stock", None) and not info.get("verified"):
         raise HarnessError(f"libvirtd is not verified as build {info.get('after')}")
-    if r.dom is not None:
-        r.dom = ctx.conn.call(ctx.conn.conn.lookupByName, r.dom_name)
-        if ctx.conn.call(r.dom.isActive):
-            ctx.conn.qemu_ids(r.dom, timeout=120)   # a monitor command waits for the reconnect to the domain
+    if run.dom is not None:
+        run.dom = ctx.conn.call(ctx.conn.virconn.lookupByName, run.dom_name)
+        if ctx.conn.call(run.dom.isActive):
+            ctx.conn.qemu_ids(run.dom, timeout=120)   # a monitor command waits for the reconnect to the domain
 
 
 def _version_number(v: str) -> int:
@@ -211,14 +212,14 @@ def _version_number(v: str) -> int:
 
 
 def do_save_restore(ctx: StepContext) -> None:
-    r = ctx.runner
-    path = f"/var/lib/libvirt/qemu/save/{r.dom_name}.save"
+    run = ctx.run
+    path = f"/var/lib/libvirt/qemu/save/{run.dom_name}.save"
     try:
         ctx.conn.call(ctx.dom().save, path, timeout=300)
-        ctx.conn.call(ctx.conn.conn.restore, path, timeout=300)
+        ctx.conn.call(ctx.conn.virconn.restore, path, timeout=300)
     finally:
-        r.t.ssh(f"rm -f {shlex.quote(path)}", timeout=30)
-    r.dom = ctx.conn.call(ctx.conn.conn.lookupByName, r.dom_name)
+        run.t.ssh(f"rm -f {shlex.quote(path)}", timeout=30)
+    run.dom = ctx.conn.call(ctx.conn.virconn.lookupByName, run.dom_name)
 
 
 def do_managedsave_start(ctx: StepContext) -> None:
@@ -231,16 +232,30 @@ def do_suspend_resume(ctx: StepContext) -> None:
     ctx.conn.call(ctx.dom().resume)
 
 
+def define_network(run: RunState, sym: str) -> None:
+    """The scenario's own network `sym` (also made by the runner before the steps, unless `create: false`)."""
+    xml = xmlbuild.network_xml(run.r.networks[sym], run.sc.networks[sym], run.r, run.subnets.get(sym))
+    run.networks[sym] = run.t.conn.call(run.t.conn.virconn.networkDefineXML, xml)
+
+
+def start_network(run: RunState, sym: str) -> None:
+    n = run.networks[sym]
+    run.t.conn.call(n.create)
+    br = ET.fromstring(run.t.conn.call(n.XMLDesc, 0)).find("bridge")
+    if br is not None:
+        run.r.bridges[sym] = br.get("name")
+
+
 def do_network_define(ctx: StepContext) -> None:
-    ctx.runner.network_define(ctx.step.arg)
+    define_network(ctx.run, ctx.step.arg)
 
 
 def do_network_start(ctx: StepContext) -> None:
-    ctx.runner.network_start(ctx.step.arg)
+    start_network(ctx.run, ctx.step.arg)
 
 
 def _network(ctx: StepContext) -> libvirt.virNetwork:
-    n = ctx.runner.networks.get(ctx.step.arg)
+    n = ctx.run.networks.get(ctx.step.arg)
     if n is None:
         raise HarnessError(f"network {ctx.step.arg!r} was never defined", hint="add a network-define step first")
     return n
@@ -261,7 +276,7 @@ def do_check(ctx: StepContext) -> None:
 def do_settle(ctx: StepContext) -> None:
     """A VF handed back to its host driver appears as ethN and is then renamed by udev; libvirt 9.0
     reads the name in between ("Cannot get interface MAC on 'eth0'"). Wait for udev, as a host would."""
-    p = ctx.runner.t.ssh("udevadm settle --timeout=60", timeout=90)
+    p = ctx.run.t.ssh("udevadm settle --timeout=60", timeout=90)
     if p.returncode != 0:
         raise HarnessError(f"udevadm settle failed: {p.stderr.strip()}")
 

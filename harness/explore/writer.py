@@ -65,11 +65,11 @@ def _file(path: str, text: str) -> list[str]:
     return [f"cat > \"$D/{path}\" <<'EOF'", text, "EOF"]
 
 
-def virsh_script(runner, failure, name: str, yaml_path: Path, guards: str) -> str:
-    sc = runner.sc
-    r = copy.deepcopy(runner.r)
+def virsh_script(run, failure, name: str, yaml_path: Path, guards: str) -> str:
+    sc = run.sc
+    r = copy.deepcopy(run.r)
     r.networks = {sym: f"{REPRO}-{sym}" for sym in sc.networks}
-    devs = list(runner.devs.values())
+    devs = list(run.devs.values())
     leased = [f"#   {sym} ({sc.devices[sym].kind}): {a}" for sym, a in r.addrs.items()]
     net_cleanup = "".join(f"  virsh net-destroy {n} >/dev/null 2>&1; virsh net-undefine {n} >/dev/null 2>&1\n"
                           for n in r.networks.values())
@@ -78,7 +78,7 @@ def virsh_script(runner, failure, name: str, yaml_path: Path, guards: str) -> st
     for i, (sym, net) in enumerate(sc.networks.items()):
         out += _file(f"net-{sym}.xml", xmlbuild.network_xml(r.networks[sym], net, r, 251 - i))
         out += [f"run virsh net-define \"$D/net-{sym}.xml\"", f"run virsh net-start {r.networks[sym]}"]
-    out += _file("domain.xml", xmlbuild.domain_xml(REPRO, sc.domain, r, runner.virt_type, devs,
+    out += _file("domain.xml", xmlbuild.domain_xml(REPRO, sc.domain, r, run.virt_type, devs,
                                                    f"/var/log/libvirt/qemu/{REPRO}-console.log"))
     out.append('run virsh define "$D/domain.xml"')
     for i, step in enumerate(sc.steps[:failure.index + 1]):
@@ -86,19 +86,19 @@ def virsh_script(runner, failure, name: str, yaml_path: Path, guards: str) -> st
         if i == failure.index:
             out.append(f"# harness explore: this step failed the {failure.check} check: "
                        f"expected {' '.join(failure.expected.split())}; got {' '.join(str(failure.actual).split())}")
-        out += _step_lines(i, step, runner, r)
+        out += _step_lines(i, step, run, r)
         out.append("aliases")
     return "\n".join(out) + "\n"
 
 
-def _step_lines(i: int, step, runner, r) -> list[str]:
+def _step_lines(i: int, step, run, r) -> list[str]:
     a = step.action
     want = step.expect.get("error")
     flag = {"live": "--live", "config": "--config", "both": "--live --config", "current": "--current"}[step.flags]
     cmds: list[str]
     pre: list[str] = []
     if a in ("attach", "detach", "update"):
-        dev = step.arg if a == "attach" else runner.devs[step.arg if a == "detach" else step.arg["id"]]
+        dev = step.arg if a == "attach" else run.devs[step.arg if a == "detach" else step.arg["id"]]
         el = xmlbuild.device_element(dev, r)
         if a == "update":
             for old in el.findall("link"):
@@ -132,6 +132,6 @@ def write(finding, origin: str, out_dir: Path | None = None) -> tuple[Path, Path
     yaml_path.write_text(text)
     guards = guards_text(finding.failure, origin)
     sh = out_dir / f"{name}.sh"
-    sh.write_text(virsh_script(finding.runner, finding.failure, name, yaml_path, guards))
+    sh.write_text(virsh_script(finding.run, finding.failure, name, yaml_path, guards))
     sh.chmod(0o755)
     return yaml_path, sh

@@ -310,9 +310,9 @@ def test_leftovers_are_refused_then_swept_and_a_stray_vf_given_back(tmp_path, hx
     c = hx_target.conn
     c.ensure()
     suffix = os.urandom(2).hex()
-    dom = c.call(c.conn.defineXML, f"<domain type='qemu'><name>{paths.PREFIX}leftover-{suffix}</name>"
+    dom = c.call(c.virconn.defineXML, f"<domain type='qemu'><name>{paths.PREFIX}leftover-{suffix}</name>"
                                    "<memory unit='MiB'>32</memory><os><type arch='x86_64'>hvm</type></os></domain>")
-    c.call(c.conn.networkDefineXML, f"<network><name>{paths.PREFIX}leftover-{suffix}</name></network>")
+    c.call(c.virconn.networkDefineXML, f"<network><name>{paths.PREFIX}leftover-{suffix}</name></network>")
     vf = [n for n in hx_target.nics if n.kind == "vf"][-1].pci
     nodedev = "pci_" + vf.replace(":", "_").replace(".", "_")
     assert bed_ssh(bed, f"virsh nodedev-detach {nodedev}").returncode == 0

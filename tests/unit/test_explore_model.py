@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 
 from harness.engine import xmlbuild
-from harness.engine.runner import Runner, StepFailure
+from harness.engine.run_state import RunState, StepFailure
 from harness.explore import command, machine, model, writer
 from harness.scenario.loader import load_text
 
@@ -174,14 +174,14 @@ def _finding():
     s.lifecycle("suspend-resume")           # after the failing step: never ran, not written
     [sc] = load_text(model.to_yaml(s.scenario(guards="g", name="x")), "x.yaml")
     t = SimpleNamespace(worker="gw0", run_tag="abcd", kvm_available=False)
-    runner = Runner(sc, t, Path("/tmp/hx-explore-unit-art"))
+    run = RunState(sc, t, Path("/tmp/hx-explore-unit-art"))
     for i, sym in enumerate(sc.devices):
-        runner.r.addrs[sym] = xmlbuild.PciAddr(0, 1, 0x10 + i, 0)
-    runner.r.networks = {sym: f"hx-net-{sym}" for sym in sc.networks}
-    runner._prepare()
+        run.r.addrs[sym] = xmlbuild.PciAddr(0, 1, 0x10 + i, 0)
+    run.r.networks = {sym: f"hx-net-{sym}" for sym in sc.networks}
+    run.prepare()
     failure = StepFailure(4, sc.steps[4], "libvirt-error", "the step to succeed",
                           "internal error: Unable to determine device index for network device")
-    return machine.Finding(s, failure, runner, "", Path("/nonexistent")), sc
+    return machine.Finding(s, failure, run, "", Path("/nonexistent")), sc
 
 
 def test_the_written_scenario_stops_at_the_failing_step_and_says_what_failed(tmp_path):
@@ -205,6 +205,6 @@ def test_the_virsh_script_does_the_same_steps_with_the_same_xml(tmp_path):
     assert text.count("virsh attach-device") == 3 and "suspend" not in text
     assert "refused 're:cannot migrate domain|non-USB host devices|VFIO migration' virsh save" in text
     assert "# harness explore: this step failed the libvirt-error check" in text
-    net = xmlbuild.device_xml(finding.runner.devs["n4"], finding.runner.r).replace("hx-net-lan", "hx-repro-lan")
+    net = xmlbuild.device_xml(finding.run.devs["n4"], finding.run.r).replace("hx-net-lan", "hx-repro-lan")
     assert net in text                      # the very XML the run hot-plugged, on the script's own network
     assert "<address type=\"pci\" domain=\"0x0000\" bus=\"0x01\" slot=\"0x10\"" in text

@@ -16,9 +16,12 @@ from types import SimpleNamespace
 import pytest
 
 from harness import paths
+from harness.engine import artefacts, cleanup
 from harness.engine import runner as runner_mod
 from harness.engine.journal import Journal
-from harness.engine.runner import InfrastructureError, Runner, StepFailure
+from harness.engine.run_state import RunState, StepFailure
+from harness.engine.runner import Runner
+from harness.errors import InfrastructureError
 from harness.scenario.loader import load_file
 
 SEED = paths.REPO / "scenarios" / "seed-hostdev-then-hotplug.yaml"
@@ -108,7 +111,7 @@ class FakeConn:
     def __init__(self, log):
         self.log = log
         self.closed = False
-        self.conn = SimpleNamespace(lookupByName=lambda n: FakeDom(log),
+        self.virconn = SimpleNamespace(lookupByName=lambda n: FakeDom(log),
                                     networkLookupByName=lambda n: FakeNet(log, n))
 
     def ensure(self, reconnect_timeout=None):
@@ -131,23 +134,23 @@ def seed_runner(monkeypatch, tmp_path: Path, art: Path, log: list, steps=None, b
     (sc,) = load_file(SEED)
     t = fake_target(tmp_path, log, big_log)
     monkeypatch.setenv("HX_SHARED_NETWORKS", "0")    # the scenario's own network, so cleanup must remove it
-    r = Runner(sc, t, art)
+    r = Runner(RunState(sc, t, art))
 
     def lease(self, leases):
-        self.r.addrs.update({"vf1": "0000:01:10.0", "vf2": "0000:01:10.2"})
-        self.r.networks["lan"] = f"{self.dom_name}-lan"
+        self.run.r.addrs.update({"vf1": "0000:01:10.0", "vf2": "0000:01:10.2"})
+        self.run.r.networks["lan"] = f"{self.run.dom_name}-lan"
 
     monkeypatch.setattr(Runner, "_lease", lease)
-    monkeypatch.setattr(Runner, "_prepare", lambda self: None)
+    monkeypatch.setattr(RunState, "prepare", lambda self: None)
     monkeypatch.setattr(Runner, "_create_networks", lambda self: log.append("created"))
-    monkeypatch.setattr(Runner, "_run_steps", steps or (lambda self: self.steps_log.append({"verdict": "passed"})))
+    monkeypatch.setattr(Runner, "_run_steps", steps or (lambda self: self.run.steps_log.append({"verdict": "passed"})))
     monkeypatch.setattr(runner_mod.diagnose, "daemon_state", lambda t: {})
-    monkeypatch.setattr(runner_mod, "on_vfio", lambda t, addrs: log.append(f"vfio check {addrs}") or [])
+    monkeypatch.setattr(cleanup, "on_vfio", lambda t, addrs: log.append(f"vfio check {addrs}") or [])
     return r
 
 
 def cleaned_up(log: list, r: Runner) -> bool:
-    return ("destroy" in log and "undefine" in log and f"undefine {r.r.networks['lan']}" in log
+    return ("destroy" in log and "undefine" in log and f"undefine {r.run.r.networks['lan']}" in log
             and any(x.startswith("vfio check") for x in log))
 
 
@@ -164,7 +167,7 @@ def test_full_results_disk_still_cleans_up_and_names_the_write_failure(monkeypat
     assert cleaned_up(log, r), log
     assert Journal(tmp_path / "locks").entries() == []     # a clean end: the journal entry is gone
     assert not (art / "qemu.log").exists(), "a truncated log is removed, not left to mislead"
-    assert r.steps_log == [{"verdict": "passed"}]
+    assert r.run.steps_log == [{"verdict": "passed"}]
 
 
 def test_a_step_failure_keeps_its_verdict_when_artefacts_do_not_fit(monkeypatch, tmp_path, tmpfs, capsys):
@@ -172,7 +175,7 @@ def test_a_step_failure_keeps_its_verdict_when_artefacts_do_not_fit(monkeypatch,
     (sc,) = load_file(SEED)
 
     def failing_steps(self):
-        self._write_artefact("step-01-start-live.xml", "<domain/>" * 20_000)
+        artefacts.write(self.run, "step-01-start-live.xml", "<domain/>" * 20_000)
         raise StepFailure(1, sc.steps[1], "libvirt-error", "the step to succeed", "Unable to determine ...")
 
     art = tmpfs / "run" / "artefacts" / "seed"
@@ -183,17 +186,17 @@ def test_a_step_failure_keeps_its_verdict_when_artefacts_do_not_fit(monkeypatch,
     assert e.value.check == "libvirt-error"
     assert cleaned_up(log, r), log
     assert "could not write artefact step-01-start-live.xml: No space left on device (ENOSPC)" in capsys.readouterr().err
-    assert len(r.artefact_problems) >= 2      # the step XML, then the logs
+    assert len(r.run.artefact_problems) >= 2      # the step XML, then the logs
 
 
 def test_an_exception_out_of_log_collection_still_cleans_up(monkeypatch, tmp_path):
     log: list = []
     r = seed_runner(monkeypatch, tmp_path, tmp_path / "art", log)
 
-    def boom(self):
-        raise OSError(errno.EIO, "Input/output error", str(self.art / "qemu.log"))
+    def boom(run):
+        raise OSError(errno.EIO, "Input/output error", str(run.art / "qemu.log"))
 
-    monkeypatch.setattr(Runner, "_collect_logs", boom)
+    monkeypatch.setattr(artefacts, "collect_logs", boom)
     with pytest.raises(InfrastructureError, match=r"Input/output error \(EIO\)"):
         r._run_leased()
     assert cleaned_up(log, r), log
@@ -202,11 +205,11 @@ def test_an_exception_out_of_log_collection_still_cleans_up(monkeypatch, tmp_pat
 def test_cleanup_problems_survive_a_full_disk(monkeypatch, tmp_path, tmpfs):
     log: list = []
     r = seed_runner(monkeypatch, tmp_path, tmpfs / "art", log)
-    monkeypatch.setattr(runner_mod, "on_vfio", lambda t, addrs: list(addrs))
+    monkeypatch.setattr(cleanup, "on_vfio", lambda t, addrs: list(addrs))
     fill(tmpfs)
     with pytest.raises(InfrastructureError):
         r._run_leased()
-    assert r.cleanup_problems and "vfio-pci" in r.cleanup_problems[0]
+    assert r.run.cleanup_problems and "vfio-pci" in r.run.cleanup_problems[0]
     assert Journal(tmp_path / "locks").entries(), "an unclean end keeps the journal entry for the next session"
 
 
