@@ -23,10 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import libvirt
-from hypothesis import HealthCheck, Phase, Verbosity, reject, settings
+from hypothesis import HealthCheck, Phase, Verbosity, settings
 from hypothesis import seed as hyp_seed
 from hypothesis import strategies as st
-from hypothesis.control import current_build_context
 from hypothesis.database import DirectoryBasedExampleDatabase
 from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition, rule, run_state_machine_as_test
 
@@ -39,8 +38,18 @@ from harness.progress import say
 from harness.scenario.loader import load_text
 
 
-class BudgetSpent(BaseException):
-    """Ends the search when the budget is spent. Not an Exception: Hypothesis lets it through unshrunk."""
+class BudgetSpent(KeyboardInterrupt):
+    """Ends the search when the budget is spent.
+
+    Why a KeyboardInterrupt: it is the one exception Hypothesis's engine lets through without concluding the
+    example. Any other (a BaseException, or reject()) is recorded in Hypothesis's data tree as "this example
+    ended here"; an earlier example with the same first draws went on drawing, so Hypothesis stops the run with
+    FlakyStrategyDefinition ("the second run stopped drawing earlier") instead of ending it.
+    """
+
+
+class ShrinkSpent(BudgetSpent):
+    """The shrinking allowance is spent: the smallest failing sequence so far (Explorer.finding) is the result."""
 
 
 class SequenceFailed(Exception):
@@ -85,13 +94,11 @@ class Explorer:
 
     def admit(self) -> None:
         """Before a sequence is built. While searching, a spent budget ends the search; while shrinking, a
-        spent allowance makes Hypothesis drop further attempts (the final replay of the minimal one runs)."""
+        spent allowance ends it too, and the last failing sequence is the result: every candidate Hypothesis's
+        shrinker runs is smaller than its best so far, so the last one that failed is the smallest."""
         if self.time_left() > 0:
             return
-        if self.first_failure_s is None:
-            raise BudgetSpent()
-        if not current_build_context().is_final:
-            reject()
+        raise BudgetSpent() if self.first_failure_s is None else ShrinkSpent()
 
     def progress(self, what: str = "") -> None:
         left = self.time_left()
@@ -258,6 +265,8 @@ def explore(target, budget_s: float, seed: int | None = None, max_sequences: int
     ended: BaseException | None = None
     try:
         run_state_machine_as_test(factory, settings=conf)
+    except ShrinkSpent:
+        ended = SequenceFailed(ex.finding.failure.check) if ex.finding is not None else None
     except BudgetSpent:
         pass
     except SequenceFailed as e:

@@ -81,7 +81,9 @@ class Offline(machine.Explorer):
     """An explorer whose 'bed' is the loader: each sequence must be a valid scenario; the failure is made up."""
 
     def __init__(self, fails=lambda seq: None, **kw):
-        super().__init__(None, kw.pop("budget_s", 60), 60, Path("/nonexistent"))
+        # Budgets far above what these offline runs take (a second or two): the outcome must not depend on
+        # how loaded the machine is (a shrink cut short by a 60 s allowance once kept 5 steps in CI).
+        super().__init__(None, kw.pop("budget_s", 900), kw.pop("shrink_s", 900), Path("/nonexistent"))
         self.fails = fails
         self.texts: list[str] = []
 
@@ -208,3 +210,36 @@ def test_the_virsh_script_does_the_same_steps_with_the_same_xml(tmp_path):
     net = xmlbuild.device_xml(finding.run.devs["n4"], finding.run.r).replace("hx-net-lan", "hx-repro-lan")
     assert net in text                      # the very XML the run hot-plugged, on the script's own network
     assert "<address type=\"pci\" domain=\"0x0000\" bus=\"0x01\" slot=\"0x10\"" in text
+
+
+class Clocked(Offline):
+    """Offline, with a budget that is spent after `admits` sequences were admitted (no wall clock)."""
+
+    def __init__(self, admits: int, **kw):
+        super().__init__(**kw)
+        self.admits_left = admits
+
+    def time_left(self) -> float:
+        return 1.0 if self.admits_left > 0 else 0.0
+
+    def admit(self) -> None:
+        super().admit()
+        self.admits_left -= 1
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_a_budget_spent_mid_search_ends_it_cleanly(monkeypatch, seed):
+    # Regression: the spent budget used to end an example half-drawn, and Hypothesis stopped the whole run
+    # with FlakyStrategyDefinition ("the second run stopped drawing earlier") instead of "nothing found".
+    ex = Clocked(12)
+    _, _, ended = _explore_offline(ex, monkeypatch, seed=seed)
+    assert ended is None and ex.finding is None and ex.bed_runs >= 5
+
+
+def test_a_shrink_allowance_spent_keeps_the_smallest_failure_so_far(monkeypatch):
+    def fails(seq):
+        return next((i for i, s in enumerate(seq.steps) if "attach" in s), None)
+    ex = Clocked(40, fails=fails)
+    _, _, ended = _explore_offline(ex, monkeypatch, seed=4)
+    assert isinstance(ended, machine.SequenceFailed) and ex.finding is not None
+    assert "attach" in ex.finding.seq.steps[ex.finding.failure.index]
