@@ -15,9 +15,13 @@ from harness import aliases
 
 #: Device elements libvirt never gives an alias.
 NO_ALIAS = {"emulator", "audio", "graphics"}
-STABLE_STEPS = {"restart-daemon", "upgrade-libvirt", "suspend-resume", "save-restore", "managedsave-start", "check"}
+STABLE_STEPS = {"restart-daemon", "upgrade-libvirt", "suspend-resume", "suspend", "resume", "save-restore",
+                "managedsave-start", "check"}
 #: The only step after which a running domain may be shut off.
-STOP_STEPS = {"destroy"}
+STOP_STEPS = {"destroy", "managedsave"}
+#: Steps that replace or restart the daemon: every interface/hostdev element and attribute that was in the
+#: live or inactive XML before must still be there, with the same value (a new daemon may add, never lose).
+XML_KEPT_STEPS = {"restart-daemon", "upgrade-libvirt"}
 
 
 @dataclass
@@ -54,7 +58,8 @@ class Context:
 
 @dataclass
 class Violation:
-    check: str          # domain-running, alias-present, alias-unique, alias-stable, alias-family, qemu-ids, attach, detach, expect
+    check: str          # domain-running, alias-present, alias-unique, alias-stable, xml-kept, alias-family, qemu-ids,
+    #                     attach, detach, expect
     expected: str
     actual: str
 
@@ -122,7 +127,7 @@ def aliases_by_id(xml: str | None, keys: dict[str, str]) -> dict[str, str | None
 def check(before: Snapshot | None, after: Snapshot, ctx: Context) -> list[Violation]:
     """Every invariant of a step, in the README's order (a failure names the first violation)."""
     return [*domain_running(before, after, ctx), *unique_aliases(before, after, ctx),
-            *stable_aliases(before, after, ctx), *alias_family(before, after, ctx), *qemu_ids(before, after, ctx),
+            *stable_aliases(before, after, ctx), *xml_kept(before, after, ctx), *alias_family(before, after, ctx), *qemu_ids(before, after, ctx),
             *attach_detach_effect(before, after, ctx), *expected_aliases(before, after, ctx)]
 
 
@@ -179,6 +184,44 @@ def stable_aliases(before: Snapshot | None, after: Snapshot, ctx: Context) -> li
         gone = set(prev) - {d.key for d in live}
         for k in sorted(gone):
             v.append(Violation("alias-stable", f"{name(prev[k])} still present after {ctx.step}", "gone"))
+    return v
+
+
+def _facts(el: ET.Element, path: str = "") -> set[tuple[str, str, str]]:
+    """(element path, attribute or '#text', value) for an element and everything under it; repeated child
+    tags are numbered so that two <address> children do not blur together."""
+    here = f"{path}/{el.tag}" if path else el.tag
+    out = {(here, k, v) for k, v in el.attrib.items()}
+    if el.text and el.text.strip():
+        out.add((here, "#text", el.text.strip()))
+    seen: Counter = Counter()
+    for child in el:
+        seen[child.tag] += 1
+        out |= _facts(child, f"{here}[{seen[child.tag]}]" if seen[child.tag] > 1 else here)
+    return out
+
+
+def xml_kept(before: Snapshot | None, after: Snapshot, ctx: Context) -> list[Violation]:
+    """2b. across a daemon restart or a libvirt upgrade nothing is lost from an interface or hostdev in the live
+    or inactive XML: each element, attribute and value that was there is there (added ones are fine; the alias
+    itself is invariant 2's)"""
+    v: list[Violation] = []
+    if before is None or ctx.step not in XML_KEPT_STEPS:
+        return v
+    name = _namer(ctx)
+    for which, old_xml, new_xml in (("live", before.live_xml, after.live_xml),
+                                    ("inactive", before.inactive_xml, after.inactive_xml)):
+        if not old_xml or not new_xml:
+            continue
+        now = {d.key: d for d in device_views(new_xml) if d.tag in ("interface", "hostdev")}
+        for d in device_views(old_xml):
+            if d.tag not in ("interface", "hostdev") or d.key not in now:
+                continue   # a device that vanished is invariant 2's finding
+            lost = sorted(f for f in _facts(d.elem) - _facts(now[d.key].elem) if f[0] != f"{d.tag}/alias")
+            if lost:
+                shown = ", ".join(f"{p}@{a}={val!r}" if a != "#text" else f"{p}={val!r}" for p, a, val in lost[:4])
+                v.append(Violation("xml-kept", f"{name(d)} in the {which} XML unchanged across {ctx.step}",
+                                   f"lost or changed: {shown}" + (f" (+{len(lost) - 4} more)" if len(lost) > 4 else "")))
     return v
 
 

@@ -626,3 +626,28 @@ def test_every_step_but_destroy_must_leave_the_domain_running(step):
 def test_destroy_may_stop_the_domain_and_a_stopped_domain_may_stay_stopped():
     assert oracle.check(seed("05"), _stopped("shut off (destroyed)"), seed_ctx(step="destroy")) == []
     assert oracle.check(_stopped(None), _stopped(None), seed_ctx(step="define")) == []
+
+
+# ---- 2b. nothing lost from interface/hostdev XML across a restart or an upgrade ------------------------
+
+def test_xml_kept_passes_the_real_restart_pair_and_fires_on_a_lost_attribute():
+    before, after = restart("01"), restart("02")
+    assert oracle.xml_kept(before, after, restart_ctx(step="restart-daemon")) == []
+    # the new daemon forgets the pool interface's <source network=...> in the inactive XML
+    lost = Snapshot(after.live_xml, sub1(after.inactive_xml, f"<source network='{RESTART_POOL}'/>", "<source/>"),
+                    after.qemu_ids)
+    vs = oracle.check(before, lost, restart_ctx(step="upgrade-libvirt"))
+    assert checks(vs) == ["xml-kept"]
+    assert "inactive XML" in vs[0].expected and f"interface/source@network='{RESTART_POOL}'" in vs[0].actual
+
+
+def test_xml_kept_allows_additions_and_only_judges_daemon_steps():
+    before, after = restart("01"), restart("02")
+    grown = Snapshot(sub1(after.live_xml, "bridge='virbr1'/>", "bridge='virbr1' extra='new in this version'/>"),
+                     after.inactive_xml, after.qemu_ids)
+    assert oracle.xml_kept(before, grown, restart_ctx(step="upgrade-libvirt")) == []
+    changed = Snapshot(sub1(after.live_xml, "bridge='virbr1'/>", "bridge='virbr9'/>"), after.inactive_xml,
+                       after.qemu_ids)
+    vs = oracle.xml_kept(before, changed, restart_ctx(step="upgrade-libvirt"))
+    assert checks(vs) == ["xml-kept"] and "live XML" in vs[0].expected and "bridge='virbr1'" in vs[0].actual
+    assert oracle.xml_kept(before, changed, restart_ctx(step="attach")) == []
