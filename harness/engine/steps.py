@@ -227,6 +227,20 @@ def do_managedsave_start(ctx: StepContext) -> None:
     ctx.conn.call(ctx.dom().create, timeout=300)
 
 
+def do_managedsave(ctx: StepContext) -> None:
+    """Managed save: the domain stops with its state in libvirt's image; a later `start` restores it (by the
+    daemon running then: after an upgrade-libvirt, the new version restores what the old one saved)."""
+    ctx.conn.call(ctx.dom().managedSave, 0, timeout=300)
+
+
+def do_suspend(ctx: StepContext) -> None:
+    ctx.conn.call(ctx.dom().suspend)
+
+
+def do_resume(ctx: StepContext) -> None:
+    ctx.conn.call(ctx.dom().resume)
+
+
 def do_suspend_resume(ctx: StepContext) -> None:
     ctx.conn.call(ctx.dom().suspend)
     ctx.conn.call(ctx.dom().resume)
@@ -286,6 +300,7 @@ ACTIONS: dict[str, Callable[[StepContext], None]] = {
     "attach": do_attach, "detach": do_detach, "update": do_update, "wait-removed": do_wait_removed,
     "restart-daemon": do_restart_daemon, "upgrade-libvirt": do_upgrade_libvirt, "save-restore": do_save_restore,
     "managedsave-start": do_managedsave_start, "suspend-resume": do_suspend_resume,
+    "managedsave": do_managedsave, "suspend": do_suspend, "resume": do_resume,
     "network-define": do_network_define, "network-start": do_network_start,
     "network-destroy": do_network_destroy, "network-undefine": do_network_undefine,
     "check": do_check, "settle": do_settle,
