@@ -16,11 +16,12 @@ from filelock import ReadWriteLock
 
 from harness.engine import artefacts, teardown
 from harness.engine.devices import Leases
-from harness.engine.journal import Journal, on_vfio, remove_domain, remove_network
+from harness.engine.journal import Journal, kill_orphan_qemu, on_vfio, remove_domain, remove_network
 from harness.engine.run_state import RunState
 from harness.engine.session import Target
 from harness.errors import HarnessError
 from harness.libvirt_build import upgrade
+from harness.progress import say
 
 
 def cleanup(run: RunState, t: Target | None = None) -> None:
@@ -49,6 +50,16 @@ def cleanup(run: RunState, t: Target | None = None) -> None:
             except (libvirt.libvirtError, HarnessError) as e:
                 problems.append(f"{what} {run.dom_name}: {e}")
         remove_domain(c, d, each)
+    if t.bed is not None:
+        try:
+            with run.phase("orphaned QEMU", t):
+                killed = kill_orphan_qemu(t, run.dom_name)
+        except HarnessError as e:
+            problems.append(f"could not look for an orphaned QEMU of {run.dom_name}: {e.message}")
+        else:
+            if killed:      # libvirt lost the domain (the step that did it has failed already): say so
+                say("; ".join(killed), warn=True)
+                artefacts.write(run, "orphaned-qemu.txt", "\n".join(killed) + "\n")
     with run.phase("remove networks", t):
         for sym in run.sc.networks:
             if sym in run.shared:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import os
+import queue
 import signal
 import threading
 import time
@@ -48,9 +49,40 @@ def _ensure_event_loop() -> None:
         _loop_started = True
 
 
-def _call_pool() -> concurrent.futures.ThreadPoolExecutor:
-    return concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="libvirt-call",
-                                                 initializer=_block_signals)
+class _Caller:
+    """One daemon thread that runs a connection's libvirt calls in order.
+
+    Why not a ThreadPoolExecutor: Python joins an executor's worker threads at exit, so one call stuck in
+    libvirt for good (seen: virNodeDeviceReAttach of a VF that an orphaned QEMU still held) kept the whole
+    pytest process from exiting after its run had ended. A daemon thread is left behind instead.
+    """
+
+    def __init__(self):
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        threading.Thread(target=self._work, name="libvirt-call", daemon=True).start()
+
+    def _work(self) -> None:
+        _block_signals()
+        while (item := self._queue.get()) is not None:
+            fut, fn, args = item
+            if fut.set_running_or_notify_cancel():
+                try:
+                    fut.set_result(fn(*args))
+                except BaseException as e:     # handed to the caller, whatever it is
+                    fut.set_exception(e)
+
+    def submit(self, fn, *args) -> concurrent.futures.Future:
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+        self._queue.put((fut, fn, args))
+        return fut
+
+    def shutdown(self, wait: bool = False) -> None:
+        """Let the thread end after the calls already queued (a stuck one: never; it is a daemon)."""
+        self._queue.put(None)
+
+
+def _call_pool() -> _Caller:
+    return _Caller()
 
 
 def _silence(_ctx, _err) -> None:

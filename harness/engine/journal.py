@@ -124,6 +124,28 @@ def remove_network(c, n) -> None:
         c.call(n.undefine)
 
 
+def kill_orphan_qemu(t, domain: str) -> list[str]:
+    """Kill any QEMU in the bed still running for `domain` once libvirt has removed it (or never knew it).
+
+    Why: a daemon that cannot read a running domain's status XML drops the domain and leaves its QEMU running,
+    unmanaged, holding its VFs open (seen: libvirt 11.3.0 after a rollback from 12.8.0 under a domain 12.8.0
+    had started: "Unknown qemu capabilities flag bus-floppy"). Its VFs then never go back to their driver and
+    virNodeDeviceReAttach blocks. libvirt starts QEMU with `-name guest=NAME,...`; names here are hx-[a-z0-9-].
+    """
+    if t.bed is None:
+        return []
+    if not re.fullmatch(r"hx-[a-z0-9-]+", domain):
+        raise HarnessError(f"not a harness domain name: {domain!r}", hint="the journal is corrupt")
+    # "[g]uest": the regex matches QEMU's command line but not that of the shell running this command
+    pattern = shlex.quote(f"-name [g]uest={domain},")
+    p = t.ssh(f"pids=$(pgrep -f -- {pattern}); [ -n \"$pids\" ] || exit 0; kill -9 $pids; "
+              "for i in $(seq 1 100); do alive=; for q in $pids; do "
+              "grep -qs '^State:[[:space:]]*[^Z[:space:]]' /proc/$q/status && alive=1; done; "
+              "[ -z \"$alive\" ] && break; sleep 0.1; done; echo $pids", timeout=60)
+    pids = p.stdout.split()
+    return [f"QEMU of {domain} (pid {q}) that libvirt no longer managed, killed" for q in pids]
+
+
 def remove_objects(t, e: Entry) -> list[str]:
     """Remove one dead run's domain and networks, hand its PCI devices back to their host driver.
     Returns what was done, for the log."""
@@ -143,6 +165,7 @@ def remove_objects(t, e: Entry) -> list[str]:
             continue
         remove_network(c, n)
         done.append(f"network {name}")
+    done += kill_orphan_qemu(t, e.domain)
     done += reattach_stray(t, e.pci)
     return done
 

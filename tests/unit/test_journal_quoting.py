@@ -96,3 +96,30 @@ def test_on_vfio_command_works_in_a_shell():
     out = subprocess.run(["sh", "-c", t.commands[0]], capture_output=True, text=True, timeout=30).stdout
     assert [ln.split()[0] for ln in out.splitlines()] == devs[:3], out
     assert not Path("/tmp/hx-journal-pwned").exists()
+
+
+def test_an_orphaned_qemu_of_the_domain_is_killed_and_others_are_left(tmp_path):
+    # The real shell the cleanup sends to the bed, run here against stand-in processes with QEMU's -name form.
+    import sys
+    from types import SimpleNamespace
+
+    from harness.engine.journal import kill_orphan_qemu
+
+    def stand_in(name):
+        return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "-name",
+                                 f"guest={name},debug-threads=on"])
+    mine, other = stand_in("hx-orphan-gw0abc-1"), stand_in("hx-orphan-gw0abc-12")
+    t = SimpleNamespace(bed=object(), ssh=lambda cmd, timeout: subprocess.run(["sh", "-c", cmd], capture_output=True,
+                                                                             text=True, timeout=timeout))
+    try:
+        done = kill_orphan_qemu(t, "hx-orphan-gw0abc-1")
+        assert done == [f"QEMU of hx-orphan-gw0abc-1 (pid {mine.pid}) that libvirt no longer managed, killed"]
+        assert mine.wait(timeout=10) == -9
+        assert other.poll() is None                      # a name that only starts the same is not touched
+        assert kill_orphan_qemu(t, "hx-orphan-gw0abc-1") == []
+        with pytest.raises(HarnessError):
+            kill_orphan_qemu(t, "hx-x; reboot")
+    finally:
+        for p in (mine, other):
+            p.kill()
+            p.wait()

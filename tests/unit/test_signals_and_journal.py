@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -56,3 +57,19 @@ def test_a_live_owner_is_alive_a_zombie_or_a_reused_pid_is_not():
     finally:
         p.wait()
     assert not e.owner_alive()
+
+
+def test_a_libvirt_call_stuck_for_good_does_not_keep_the_process_from_exiting():
+    # A call that never returns (a VF held by an orphaned QEMU: virNodeDeviceReAttach blocks) times out, and
+    # then the process must still exit: the interpreter joined the old executor's worker at exit and hung.
+    code = ("import threading, time\n"
+            "from harness.engine import conn\n"
+            "c = conn.Conn.__new__(conn.Conn)\n"
+            "c._pool, c.call_timeout, c.seconds = conn._call_pool(), 0.5, 0.0\n"
+            "try:\n"
+            "    c.call(threading.Event().wait)\n"
+            "except conn.LibvirtTimeout as e:\n"
+            "    print('timed out:', e)\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30,
+                       cwd=Path(__file__).resolve().parents[2])
+    assert p.returncode == 0 and "timed out: libvirt call wait did not return within 0 s" in p.stdout, p.stderr
