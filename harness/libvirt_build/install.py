@@ -44,6 +44,8 @@ def install(bed, build: Build, timeout: float = 180) -> dict:
         # hx-* leftovers itself; here only stop the daemon, unpack, start again.
         f"set -e; systemctl stop libvirtd.service 2>/dev/null || true; "
         f"tar -xzf {REMOTE_TAR} -C / --no-same-owner --keep-directory-symlink; rm -f {REMOTE_TAR}; ldconfig; "
+        # a target made of another suite's packages brings its own unit files
+        "systemctl daemon-reload; "
         "systemctl reload virtlogd.service 2>/dev/null || systemctl restart virtlogd.service || true; "
         "systemctl try-reload-or-restart virtlockd.service 2>/dev/null || true; "
         "systemctl reset-failed libvirtd.service 2>/dev/null || true; systemctl start libvirtd.service; "

@@ -32,7 +32,7 @@ from harness.libvirt_build.cache import sub
 from harness.progress import say
 
 KEYRING = source.KEYRING
-RECIPE = 2
+RECIPE = 4      # 3: the log lists the packages' directories under /var/lib and /var/cache (var_dirs)
 
 
 def bed_packages(bed) -> tuple[dict[str, str], set[str], dict[str, str]]:
@@ -200,7 +200,8 @@ def pack(bed, suite: str, timeout: float = 1800) -> build_mod.Build:
         version = pl["packages"].get("libvirt0", "?").split(":")[-1].rsplit("-", 1)[0]
         b = build_mod.Build(id=bid, suite=bed.suite, source=f"debian {suite} binary packages", build_dir=str(work),
                             tarball=str(outd / f"{bid}.tar.gz"), version=version,
-                            patches=[], log=json.dumps({"pulled": pl["pulled"], "packages": pl["packages"]}))
+                            patches=[], log=json.dumps({"pulled": pl["pulled"], "packages": pl["packages"],
+                                                        "var_dirs": _var_dirs(dest)}))
         b.sha256 = build_mod._stamp(dest, bid)
         build_mod._pack(dest, Path(b.tarball))
         shutil.rmtree(dest, ignore_errors=True)
@@ -210,6 +211,15 @@ def pack(bed, suite: str, timeout: float = 1800) -> build_mod.Build:
     say(f"libvirt {suite} packages {bid}: libvirt {version} packed in {b.seconds['total']} s"
         + (f"; with {suite}'s {'; '.join(pl['pulled'])}" if pl["pulled"] else ""))
     return b
+
+
+def _var_dirs(dest: Path) -> list[str]:
+    """The directories the packages ship under /var/lib and /var/cache. Not packed (unpacking a directory
+    entry would reset the owner and mode of one the bed has, e.g. /var/lib/libvirt/qemu); the upgrade creates
+    those that are missing, as dpkg would: sid's virt-secret-init-encryption.service, which libvirtd.service
+    needs, writes into /var/lib/libvirt/secrets."""
+    return sorted("/" + str(d.relative_to(dest)) for base in ("var/lib", "var/cache")
+                  for d in (dest / base).rglob("*") if d.is_dir() and not d.is_symlink())
 
 
 def _check_needed(bed, dest: Path, suite: str) -> None:
