@@ -1,9 +1,10 @@
-"""The whole catalog against a bookworm bed (libvirt 9.0): the oldest libvirt QA still runs.
+"""The catalog on the other suites: bookworm (libvirt 9.0, the oldest QA still runs) and sid (12.x).
 
-The trixie run (libvirt 11.3) is the scenario items of this same pytest session; this test brings a
-bookworm bed up in a child pytest and checks every scenario passed (none skipped); the matrix test reuses
-that bed, and the module takes it down. The sid test (libvirt 12.x) runs the seed and the pool scenarios on
-a sid bed and takes that bed down at module end too.
+The trixie run (libvirt 11.3) is the scenario items of this same pytest session. Here `harness matrix` runs
+a guest-free selection on a bookworm bed and on the session's trixie bed and writes the scenario x libvirt
+table; the sid test runs the seed and the pool scenarios on a sid bed. The whole catalog on all three suites
+(with `--diff`) is the nightly pipelines' job (.github/workflows/nightly.yml, .gitlab-ci.yml): in .ci/run it
+took 12 of the 45 minutes on bookworm alone.
 """
 from __future__ import annotations
 
@@ -34,31 +35,23 @@ def run_suite(suite: str, extra: list[str]) -> tuple[subprocess.CompletedProcess
     return p, summary
 
 
+#: The matrix selection: the seed, a pool interface named at start, daemon restart, index reuse (USB, no guest).
+MATRIX = ["seed-hostdev-then-hotplug", "pool-interface-alias-at-start", "restart-daemon-stability", "index-reuse-usb"]
+
+
 @pytest.fixture(scope="module")
 def bookworm_down():
-    """The bookworm bed the catalog test keeps up for the matrix test goes down with this module."""
+    """A bookworm bed left running by the matrix goes down with this module."""
     yield
     if state.load("bookworm") is not None:
         lifecycle.down("bookworm")
 
 
-def test_whole_catalog_passes_on_bookworm_libvirt_9(bookworm_down):
-    # One retry: a pass on retry is reported as flaky in summary.json and the report, never hidden.
-    # --keep-bed: the matrix test below reuses this bed instead of booting another (1-2 min of CI).
-    up_before = state.load("bookworm") is not None
-    p, summary = run_suite("bookworm", ["-n", "2", "--harness-retries", "1", "--keep-bed"])
-    assert summary["meta"]["libvirt"].startswith("9.0."), summary["meta"]
-    verdicts = {s["scenario"]: s["verdict"] for s in summary["scenarios"]}
-    bad = {k: v for k, v in verdicts.items() if v != "passed"}
-    assert not bad, f"{bad}\n{p.stdout[-4000:]}"
-    assert len(verdicts) >= 20
-    assert up_before or state.load("bookworm") is not None, "--keep-bed: the bed the session brought up stays"
-
-
 def test_matrix_over_two_suites_writes_a_scenario_by_libvirt_table(bookworm_down):
     before = state.load("bookworm")
     p = subprocess.run([sys.executable, "-m", "harness.cli", "matrix", "--suites", "bookworm,trixie",
-                        "-k", "seed-hostdev-then-hotplug"], cwd=REPO, capture_output=True, text=True, timeout=3600)
+                        "-k", " or ".join(MATRIX), "--retries", "1"], cwd=REPO, capture_output=True, text=True,
+                       timeout=3600)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     after = state.load("bookworm")
     if before is not None:     # a running bed of the suite is reused, and left running
@@ -68,8 +61,9 @@ def test_matrix_over_two_suites_writes_a_scenario_by_libvirt_table(bookworm_down
     text = (paths.results_dir() / "matrix.txt").read_text()
     header = text.splitlines()[0]
     assert "9.0.0" in header and "11.3.0" in header, text
-    row = next(line for line in text.splitlines() if line.startswith("seed-hostdev-then-hotplug"))
-    assert row.count("PASS") == 2, text
+    for name in MATRIX:        # every scenario of the selection passed on both libvirt versions (a pass on
+        row = next(line for line in text.splitlines() if line.startswith(name))   # retry shows as FLAKY)
+        assert row.split().count("PASS") + row.split().count("FLAKY") == 2, text
     html = (paths.results_dir() / "matrix.html").read_text()
     assert "seed-hostdev-then-hotplug" in html and "9.0.0" in html
 

@@ -7,7 +7,8 @@ Needs root and the host's Debian mirror. On a 2-core machine: ~4 min cold build 
 is left running, with the last build installed); otherwise they use the session's spare bed.
 
 The CI selection (MUTANTS_K) keeps .ci/run within its time budget: the guest-free scenarios that exercise
-each family of interface (hostdev, pool by VF list and by PF, usb, macvtap, bridge network). The whole
+each family of interface (hostdev, pool by VF list and by PF, usb, macvtap, bridge network), plus a daemon
+restart and an upgrade (11.3.0 -> sid's 12.8.0 -> back) for mutant U, which only an upgrade kills. The whole
 catalog (`harness mutants` with no -k) is the command's default and is what QA runs before an upgrade.
 """
 from __future__ import annotations
@@ -30,10 +31,12 @@ pytestmark = [pytest.mark.slow, pytest.mark.libvirt_build,
               pytest.mark.skipif(os.geteuid() != 0, reason="needs root (mmdebstrap, chroot, bed)")]
 
 SEED = "seed-hostdev-then-hotplug"
+UPGRADE, RESTART = "upgrade-seed-rollback", "restart-daemon-stability"
 MUTANTS_K = os.environ.get("HX_MUTANTS_K", " or ".join([
     SEED, "pool-interface-alias-at-start", "pool-by-pf", "same-vf-twice", "direct-macvtap",
-    "index-reuse-usb", "network-lifecycle",
+    "index-reuse-usb", "network-lifecycle", RESTART, UPGRADE,
 ]))
+A, B, U = "A-hostdev-alias-breaks-net-hotplug", "B-pool-interface-named-net", "U-status-xml-from-another-version"
 INDEX_ERROR = "Unable to determine device index for network device"
 
 
@@ -69,9 +72,8 @@ def test_mutants_control_passes_and_both_mutants_are_killed(bed):
     assert not control["killed_by"] and not control["errors"] and not control["other"], control
     assert len(control["passed"]) == len(MUTANTS_K.split(" or ")), control["passed"]
 
-    a = report["mutants"]["A-hostdev-alias-breaks-net-hotplug"]
-    b = report["mutants"]["B-pool-interface-named-net"]
-    for m, name in ((a, "A-hostdev-alias-breaks-net-hotplug"), (b, "B-pool-interface-named-net")):
+    a, b, u = (report["mutants"][n] for n in (A, B, U))
+    for m, name in ((a, A), (b, B), (u, U)):
         assert m["build"] == built[name] and m["killed"] and not m["errors"], m
         # each run was on that build, proven in the bed (marker + sha256 of what libvirtd has mapped)
         assert m["installed"] == {"id": built[name], "verified": True}, m["installed"]
@@ -81,12 +83,19 @@ def test_mutants_control_passes_and_both_mutants_are_killed(bed):
     assert "pool-interface-alias-at-start" in b["killed_by"], b["killed_by"]
     assert all("alias-family" in text for text in b["killed_by"].values()), b["killed_by"]
     assert SEED in b["passed"], "mutant B must not break the seed hot-plug"
+    # U: killed by the upgrade scenario alone (the rollback to U renames hostdevN interface aliases), while a
+    # plain daemon restart, the seed and everything else without an upgrade step pass under it
+    assert set(u["killed_by"]) == {UPGRADE}, u["killed_by"]
+    assert "'upgrade-libvirt {'to': 'original'}'" in u["killed_by"][UPGRADE], u["killed_by"]
+    assert {RESTART, SEED} <= set(u["passed"]) and len(u["passed"]) == len(MUTANTS_K.split(" or ")) - 1, u
+    assert UPGRADE in control["passed"] and RESTART in control["passed"]
 
     # bed status proves the running daemon is the last installed build (B), not Debian's
     p = harness("bed", "status", "--name", bed.name, "--json")
     (entry,) = json.loads(p.stdout)
     lb = entry["libvirt_build"]
-    assert lb["id"] == built["B-pool-interface-named-net"] and lb["verified"], lb
+    last = list(report["mutants"])[-1]
+    assert lb["id"] == built[last] and lb["verified"], lb
     assert lb["domain_log_names_build"] and f"hx-{lb['id']}" in lb["domain_log_package"], lb
 
     # `bed up --libvirt-build ID` on a running bed: reused, the build installed, the daemon restarted on it
