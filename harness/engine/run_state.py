@@ -65,6 +65,7 @@ class RunState:
     networks: dict[str, libvirt.virNetwork] = field(default_factory=dict)
     upgraded: bool = False                                      # set by upgrade-libvirt: cleanup restores libvirt
     before: oracle.Snapshot | None = None                       # the snapshot after the previous step
+    implicit: set[str] = field(default_factory=set)             # devices a daemon step added with no alias
     # the record
     index: int = 0                                              # the next step's number, counted across repeats
     current: str | None = None                                  # the step running now, for infrastructure errors

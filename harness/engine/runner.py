@@ -257,6 +257,10 @@ class Runner:
                                                                   run.keys).items()}}
         if sctx.info is not None:
             entry["upgrade"] = sctx.info
+        added = oracle.implicit_devices(run.before, after, step.action)
+        if added:
+            run.implicit |= added
+            entry["implicit_devices"] = sorted(added)
         run.steps_log.append(entry)
         artefacts.write_step(run, i, step, after)
         v = oracle.step_error(step.expect.get("error"), err)
@@ -264,7 +268,8 @@ class Runner:
             self._fail(entry, i, step, v.check, v.expected, v.actual, err)
         ctx = oracle.Context(step=step.action, hostdev_networks=run.hostdev_networks(), keys=run.keys,
                              user_aliases=run.user_aliases, expect_aliases=step.expect.get("aliases", {}),
-                             may_change=set(step.expect.get("changes", [])), expect_removed=sctx.expect_removed)
+                             may_change=set(step.expect.get("changes", [])), expect_removed=sctx.expect_removed,
+                             implicit=set(run.implicit))
         if err is None and step.action == "attach":
             ctx.attached, ctx.attach_flags = step.arg.id, step.flags
         if err is None and step.action in ("detach", "wait-removed"):

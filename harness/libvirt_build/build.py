@@ -199,7 +199,9 @@ def _build(suite, source_dir, debian_version, patches, log, timeout, force, sour
     else:
         tree = work_tree(suite, debian_version, patches, source_suite)
     t_src = time.monotonic() - t0
-    bid = build_id(tree, MESON_OPTIONS + [f"hx-pack={PACK_VERSION}"])
+    # the chroot's suite is part of the id: trixie's source built for a bookworm bed (an upgrade target) links
+    # against bookworm's libc, the same tree built for trixie does not (GLIBC_2.38 not found in the bed)
+    bid = build_id(tree, MESON_OPTIONS + [f"hx-pack={PACK_VERSION}", f"chroot={suite}"])
     bdir = build_dir_for(tree, suite)
     outd = sub("out")
     log = log or (outd / f"{bid}.log")

@@ -651,3 +651,25 @@ def test_xml_kept_allows_additions_and_only_judges_daemon_steps():
     vs = oracle.xml_kept(before, changed, restart_ctx(step="upgrade-libvirt"))
     assert checks(vs) == ["xml-kept"] and "live XML" in vs[0].expected and "bridge='virbr1'" in vs[0].actual
     assert oracle.xml_kept(before, changed, restart_ctx(step="attach")) == []
+
+
+def _without_watchdog(xml: str) -> str:
+    root = ET.fromstring(xml)
+    devs = root.find("devices")
+    for w in devs.findall("watchdog"):
+        devs.remove(w)
+    return ET.tostring(root, encoding="unicode")
+
+
+def test_a_device_a_newer_daemon_adds_without_alias_is_named_not_failed():
+    # libvirt 11.3.0 taking over a q35 domain 9.0.0 started lists the chipset's iTCO watchdog, with no alias
+    old, new = restart("01"), restart("02")
+    before = Snapshot(_without_watchdog(old.live_xml), old.inactive_xml, old.qemu_ids - {"watchdog0"})
+    grown = Snapshot(add_device(_without_watchdog(new.live_xml), "<watchdog model='itco' action='reset'/>"),
+                     new.inactive_xml, new.qemu_ids - {"watchdog0"})
+    added = oracle.implicit_devices(before, grown, "upgrade-libvirt")
+    assert added == {"watchdog::itco:#1"}
+    assert checks(oracle.check(before, grown, restart_ctx(step="upgrade-libvirt"))) == ["alias-present"]
+    assert oracle.check(before, grown, restart_ctx(step="upgrade-libvirt", implicit=added)) == []
+    # only daemon steps add such devices; anywhere else a device without an alias is invariant 1's finding
+    assert oracle.implicit_devices(before, grown, "attach") == set()
