@@ -48,30 +48,12 @@ IMAGE_SIZE = "6G"
 GUEST_DIR = "/var/lib/libvirt/images/hx-guest"
 
 
+@paths.with_files(record="manifest", disk="root.img", kernel="vmlinuz", initrd="initrd.img")
 @dataclass
 class Image:
     suite: str
     key: str
     dir: Path
-
-    @property
-    def disk(self) -> Path:
-        return self.dir / "root.img"
-
-    @property
-    def kernel(self) -> Path:
-        return self.dir / "vmlinuz"
-
-    @property
-    def initrd(self) -> Path:
-        return self.dir / "initrd.img"
-
-    @property
-    def manifest(self) -> dict:
-        return json.loads((self.dir / "manifest.json").read_text())
-
-    def ready(self) -> bool:
-        return (self.dir / "manifest.json").exists()
 
 
 def check_suite(suite: str) -> None:

@@ -12,7 +12,12 @@ from pathlib import Path
 
 from harness import paths
 
+#: The files of a bed's folder that everything else reaches through BedInfo.
+BED_FILES = {"key_file": "id_ed25519", "known_hosts": "known_hosts", "ssh_config": "ssh_config",
+             "ssh_wrapper": "ssh", "serial_log": "serial.log"}
 
+
+@paths.with_files(**BED_FILES)
 @dataclass
 class BedInfo:
     name: str
@@ -36,26 +41,6 @@ class BedInfo:
     @property
     def path(self) -> Path:
         return Path(self.dir)
-
-    @property
-    def key_file(self) -> Path:
-        return self.path / "id_ed25519"
-
-    @property
-    def known_hosts(self) -> Path:
-        return self.path / "known_hosts"
-
-    @property
-    def ssh_config(self) -> Path:
-        return self.path / "ssh_config"
-
-    @property
-    def ssh_wrapper(self) -> Path:
-        return self.path / "ssh"
-
-    @property
-    def serial_log(self) -> Path:
-        return self.path / "serial.log"
 
     @property
     def uri(self) -> str:

@@ -128,37 +128,12 @@ def templates_dir() -> Path:
     return p
 
 
+@paths.with_files(record="meta", disk="disk.qcow2", state="state.mig", client_key="id_ed25519",
+                  host_pub="host_ed25519.pub")
 @dataclass
 class Template:
     key: str
     dir: Path
-
-    @property
-    def disk(self) -> Path:
-        return self.dir / "disk.qcow2"
-
-    @property
-    def state(self) -> Path:
-        return self.dir / "state.mig"
-
-    @property
-    def client_key(self) -> Path:
-        return self.dir / "id_ed25519"
-
-    @property
-    def host_pub(self) -> Path:
-        return self.dir / "host_ed25519.pub"
-
-    @property
-    def meta_file(self) -> Path:
-        return self.dir / "meta.json"
-
-    @property
-    def meta(self) -> dict:
-        return json.loads(self.meta_file.read_text())
-
-    def ready(self) -> bool:
-        return self.meta_file.exists()
 
 
 def lock(key: str) -> FileLock:
