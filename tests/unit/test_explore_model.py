@@ -86,6 +86,7 @@ class Offline(machine.Explorer):
         super().__init__(None, kw.pop("budget_s", 900), kw.pop("shrink_s", 900), Path("/nonexistent"))
         self.fails = fails
         self.texts: list[str] = []
+        self.failing_sizes: list[int] = []      # initial devices + steps up to the failing one, per failing run
 
     def _run(self, seq):
         self.bed_runs += 1
@@ -95,6 +96,7 @@ class Offline(machine.Explorer):
         i = self.fails(seq)
         if i is None:
             return None
+        self.failing_sizes.append(len(seq.initial) + i + 1)
         return machine.Finding(seq, StepFailure(i, sc.steps[i], "libvirt-error", "ok", "boom"), None, text, None)
 
 
@@ -128,7 +130,12 @@ def test_a_failure_is_shrunk_and_known_answers_are_not_run_again(monkeypatch):
     ex = Offline(fails)
     _, _, ended = _explore_offline(ex, monkeypatch, seed=5)
     assert isinstance(ended, machine.SequenceFailed) and ex.finding is not None
-    assert ex.finding.failure.index + 1 <= 3
+    # Hypothesis shrinks by its own measure (fewer choices) and may stop in a local minimum whose path depends
+    # on more than the seed (the same seed ended at 3 steps here and at 5 in CI): so not a fixed step count,
+    # but shrinking ran and the finding is no bigger than the first failure.
+    f = ex.finding
+    size = len(f.seq.initial) + f.failure.index + 1
+    assert len(ex.failing_sizes) > 1 and size <= ex.failing_sizes[0]
     assert ex.sequences > ex.bed_runs         # shrinking proposed sequences whose answer was known
 
 
