@@ -5,6 +5,7 @@ systemd" does. Each probe is bounded and cheap, and runs only after something al
 """
 from __future__ import annotations
 
+import re
 import subprocess
 import time
 
@@ -15,6 +16,8 @@ _PROPS = "MainPID,NRestarts,Result,ActiveState,ExecMainCode,ExecMainStatus"
 _TRANSITIONAL = {"deactivating", "activating", "reloading"}
 #: how long a restart in progress may take to settle before it is reported as it stands (TCG bed: 5-40 s)
 SETTLE_S = 60
+#: how long libvirtd may take to answer `virsh version` inside the bed before it counts as hung
+RPC_PROBE_S = 15
 
 
 def _ask(t) -> subprocess.CompletedProcess:
@@ -80,4 +83,25 @@ def explain(t, before: dict[str, str], since_epoch: str | None = None) -> str:
     if now.get("ActiveState") != "active":
         return (f"libvirtd is {now.get('ActiveState')} (result {now.get('Result')})"
                 + (f"; systemd says: {journal}" if journal else ""))
-    return ""
+    return hung_daemon(t, new_pid or "")
+
+
+def hung_daemon(t, pid: str) -> str:
+    """'' when libvirtd answers inside the bed; else a sentence naming a hung daemon and what its threads
+    wait in. Why: systemd calls a deadlocked daemon 'active', and a remote call that never returns looks the
+    same whether the daemon or the SSH transport hangs; a local `virsh version` tells them apart."""
+    if not pid.isdigit() or pid == "0":
+        return ""
+    cmd = (f"timeout {RPC_PROBE_S} virsh -c qemu:///system version >/dev/null 2>&1; echo rc=$?; "
+           f"ps -L -o stat=,wchan:32= -p {pid} | sort | uniq -c | sort -rn | head -n 4")
+    try:
+        p = t.bed.ssh(cmd, timeout=RPC_PROBE_S + 20)
+    except (subprocess.TimeoutExpired, HarnessError):
+        return ""
+    m = re.search(r"^rc=(\d+)$", p.stdout, re.M)
+    if m is None or m.group(1) == "0":
+        return ""
+    threads = "; ".join(" ".join(ln.split()) for ln in p.stdout[m.end():].splitlines() if ln.strip())
+    how = f"no answer within {RPC_PROBE_S} s" if m.group(1) == "124" else f"exit status {m.group(1)}"
+    return (f"libvirtd (pid {pid}) is active but does not answer even inside the bed ('virsh version': {how}): "
+            f"the daemon hangs, not the SSH transport; its threads (count, state, wait channel): {threads or '?'}")

@@ -73,7 +73,10 @@ class Runner:
                 if run.exclusive:
                     intent.unlink(missing_ok=True)
         try:
-            run.t.conn.ensure()
+            try:
+                run.t.conn.ensure()
+            except HarnessError as e:     # named like any fault: a hung daemon is not "is the bed up?"
+                raise self._infrastructure(e) from None
             return self._run_leased()
         finally:
             lock.__exit__(None, None, None)

@@ -175,7 +175,7 @@ def run(suite: str = "trixie", bed_name: str | None = None, k: str | None = None
             proof = install_mod.installed_build(bed)
             r = run_scenarios(bed, runs_dir / name, k=k, extra=["-n", str(workers)] if workers else None)
             v = verdicts(r)
-            entry = {"build": b.id, "patch": b.patches, "build_seconds": b.seconds, "install_seconds": inst,
+            entry = {"build": b.id, "patch": b.patches, "k": k, "build_seconds": b.seconds, "install_seconds": inst,
                      "installed": {"id": proof.get("id"), "verified": proof.get("verified")},
                      "run": r["summary_path"], "run_seconds": r["seconds"], "pytest_rc": r["rc"],
                      "passed": v["passed"], "skipped": v["skipped"], "killed_by": v["failed"],

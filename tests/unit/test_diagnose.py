@@ -13,11 +13,14 @@ from harness.engine import diagnose
 class FakeBed:
     name, pid, serial_log = "hx-fake", 4242, "/nonexistent/serial.log"
 
-    def __init__(self, states: list[dict]):
+    def __init__(self, states: list[dict], virsh: str = "rc=0\n"):
         self.states = states
         self.asked = 0
+        self.virsh = virsh
 
     def ssh(self, cmd: str, timeout: float = 60) -> subprocess.CompletedProcess:
+        if "virsh" in cmd:
+            return subprocess.CompletedProcess(cmd, 0, self.virsh, "")
         if cmd.startswith("journalctl"):
             return subprocess.CompletedProcess(cmd, 0, "x: Stopping libvirtd.service\nx: Started libvirtd.service\n", "")
         st = self.states[min(self.asked, len(self.states) - 1)]
@@ -49,3 +52,16 @@ def test_a_daemon_that_never_settles_is_reported_as_it_stands(monkeypatch):
     why = diagnose.explain(SimpleNamespace(bed=bed), BEFORE, "1")
     assert why.startswith("libvirtd is deactivating (result success)"), why
     assert bed.asked == 1
+
+
+def test_an_active_daemon_that_answers_inside_the_bed_is_no_finding():
+    bed = FakeBed([BEFORE])
+    assert diagnose.explain(SimpleNamespace(bed=bed), BEFORE, None) == ""
+
+
+def test_an_active_daemon_that_does_not_answer_inside_the_bed_is_named_hung_with_its_threads():
+    bed = FakeBed([BEFORE], virsh="rc=124\n     21 Sl futex_wait_queue\n      1 Sl do_poll\n")
+    why = diagnose.explain(SimpleNamespace(bed=bed), BEFORE, None)
+    assert why.startswith("libvirtd (pid 100) is active but does not answer even inside the bed ('virsh version': "
+                          "no answer within 15 s): the daemon hangs"), why
+    assert why.endswith("21 Sl futex_wait_queue; 1 Sl do_poll"), why
