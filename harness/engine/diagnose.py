@@ -18,6 +18,8 @@ _TRANSITIONAL = {"deactivating", "activating", "reloading"}
 SETTLE_S = 60
 #: how long libvirtd may take to answer `virsh version` inside the bed before it counts as hung
 RPC_PROBE_S = 15
+#: the words that mark a hung daemon in explain()'s sentence (runner revives the daemon on them)
+HUNG = "does not answer even inside the bed"
 
 
 def _ask(t) -> subprocess.CompletedProcess:
@@ -103,5 +105,16 @@ def hung_daemon(t, pid: str) -> str:
         return ""
     threads = "; ".join(" ".join(ln.split()) for ln in p.stdout[m.end():].splitlines() if ln.strip())
     how = f"no answer within {RPC_PROBE_S} s" if m.group(1) == "124" else f"exit status {m.group(1)}"
-    return (f"libvirtd (pid {pid}) is active but does not answer even inside the bed ('virsh version': {how}): "
+    return (f"libvirtd (pid {pid}) is active but {HUNG} ('virsh version': {how}): "
             f"the daemon hangs, not the SSH transport; its threads (count, state, wait channel): {threads or '?'}")
+
+
+def revive(t) -> str:
+    """Restart a hung libvirtd (SIGKILL: a deadlocked daemon may not stop on SIGTERM; the domains' QEMUs
+    keep running and the new daemon takes them over), so that the scenarios after the one it hung in run on
+    a live daemon and a retry means something. Returns what was done, for the fault line."""
+    p = t.bed.ssh("systemctl kill -s KILL libvirtd; systemctl restart libvirtd; "
+                  "for i in $(seq 60); do virsh -c qemu:///system version >/dev/null 2>&1 && break; sleep 1; done; "
+                  "systemctl show -p MainPID --value libvirtd", timeout=180)
+    new = p.stdout.strip().splitlines()[-1:] or ["?"]
+    return f"the harness restarted libvirtd (SIGKILL, now pid {new[0]}) so that the next scenarios find a live daemon"

@@ -143,6 +143,8 @@ class Runner:
         said = e.get_error_message() if isinstance(e, libvirt.libvirtError) else getattr(e, "message", str(e))
         try:
             why = diagnose.explain(run.t, run.daemon_before, run.daemon_before.get("Epoch"))
+            if diagnose.HUNG in why:
+                why += "; " + diagnose.revive(run.t)
         except Exception as d:   # the diagnosis must never hide the error itself
             why = f"(could not inspect the bed: {d})"
         where = run.current or "set-up"

@@ -289,7 +289,8 @@ def test_bed_hangs_mid_step_ssh_and_libvirt_time_out(tmp_path, bed):
 def test_libvirtd_hung_mid_step_is_named_hung(tmp_path, bed):
     """libvirtd stops answering while systemd still calls it active (SIGSTOP stands in for a deadlock; CI once
     met one on bookworm's 9.0.0 that said only 'libvirt call open did not return within 30 s'). The run ends by
-    itself and names the hung daemon, told apart from a hung SSH transport by a `virsh version` inside the bed."""
+    itself, names the hung daemon (told apart from a hung SSH transport by a `virsh version` inside the bed) and
+    restarts it."""
     pid = libvirtd_pid(bed)
     child = start_fault_run(tmp_path, bed, env={"HX_KEEPALIVE": "5,3"})
     assert bed_ssh(bed, f"kill -STOP {pid}").returncode == 0
@@ -301,9 +302,11 @@ def test_libvirtd_hung_mid_step_is_named_hung(tmp_path, bed):
     out = child.output
     assert (f"libvirtd (pid {pid}) is active but does not answer even inside the bed ('virsh version': no answer "
             f"within {diagnose.RPC_PROBE_S} s): the daemon hangs, not the SSH transport") in out, out[-3000:]
+    # and revives it, saying so, so that the scenarios after this one (and a retry) find a live daemon
+    new = libvirtd_pid(bed)
+    assert new != pid and f"the harness restarted libvirtd (SIGKILL, now pid {new})" in out, out[-3000:]
     rec = child.record()
     assert rec["verdict"] == "error" and "does not answer even inside the bed" in rec["failure"]["message"]
-    assert libvirtd_pid(bed) == pid      # the same daemon, resumed: nothing restarted it behind the run's back
     assert_next_run_clean(tmp_path, bed.name)
     assert_bed_clean(bed)
 
