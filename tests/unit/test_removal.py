@@ -26,11 +26,19 @@ class Dom:
 
     def destroy(self):
         if "destroy" in self.fail:
-            raise libvirt.libvirtError("Failed to terminate process 4242 with SIGKILL: Device or resource busy")
+            raise _error("Failed to terminate process 4242 with SIGKILL: Device or resource busy")
         self.log.append("destroy")
 
     def undefineFlags(self, flags):
         self.log.append(("undefine", flags))
+
+
+def _error(message: str) -> libvirt.libvirtError:
+    """A libvirtError that says `message`. libvirtError takes its text from the thread's last libvirt error when
+    there is one: in CI's pytest process the real connections of the integration tests had left one ('End of
+    file while reading data'), and the fake destroy 'said' that instead."""
+    libvirt.virResetLastError()
+    return libvirt.libvirtError(message)
 
 
 class Conn:
@@ -39,7 +47,7 @@ class Conn:
     def __init__(self, log, dom=None):
         self.log, self.closed = log, None
         self.virconn = SimpleNamespace(lookupByName=lambda n: dom,
-                                       networkLookupByName=lambda n: (_ for _ in ()).throw(libvirt.libvirtError("no")))
+                                       networkLookupByName=lambda n: (_ for _ in ()).throw(_error("no")))
 
     def ensure(self, reconnect_timeout=None):
         pass
