@@ -101,11 +101,12 @@ def hand_off(run: RunState, leases: Leases, journal: Journal,
     lock on the bed. The job releases the leases and removes the journal entry (if all went)."""
     holds_lock = threading.Event()
 
-    def job(view: Target) -> None:
+    def job(get_view: Callable[[], Target]) -> None:
         rw = ReadWriteLock(str(run.t.lock_dir / "bed.rwlock"), is_singleton=False)
         try:
             with rw.read_lock():
-                holds_lock.set()
+                holds_lock.set()          # the scenario goes on now; the view's connection opens meanwhile
+                view = get_view()
                 cleanup(run, view)
                 if not run.cleanup_problems:
                     journal.remove(run.dom_name)
@@ -120,7 +121,7 @@ def hand_off(run: RunState, leases: Leases, journal: Journal,
 
     if run.t.reaper is None:
         run.t.reaper = teardown.Reaper(run.t)
-    submitted = run.t.reaper.submit(run.sc.name, job, on_done)
+    submitted = run.t.reaper.submit(run.sc.name, job, on_done, lazy_view=True)
     # Ours goes when we return: the teardown's own read lock must be held first (else a daemon
     # restart elsewhere could slip in between and find this domain still there).
     while not holds_lock.wait(teardown.WAIT_SLICE):

@@ -63,3 +63,10 @@ def test_overlap_can_be_switched_off(monkeypatch):
     assert not teardown.enabled()
     monkeypatch.delenv("HX_OVERLAP_TEARDOWN")
     assert teardown.enabled()
+
+
+def test_a_lazy_view_is_asked_for_by_the_teardown_itself(reaper):
+    got = []
+    job = reaper.submit("s3", lambda get_view: got.append(get_view()), None, lazy_view=True)
+    job.done.wait(5)
+    assert got == ["view"] and not job.error
