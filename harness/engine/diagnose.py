@@ -9,6 +9,7 @@ import re
 import subprocess
 import time
 
+from harness.bed import launcher
 from harness.errors import HarnessError
 
 #: systemctl properties that tell a restart, a crash and a kill apart.
@@ -114,7 +115,7 @@ def revive(t) -> str:
     keep running and the new daemon takes them over), so that the scenarios after the one it hung in run on
     a live daemon and a retry means something. Returns what was done, for the fault line."""
     p = t.bed.ssh("systemctl kill -s KILL libvirtd; systemctl restart libvirtd; "
-                  "for i in $(seq 60); do virsh -c qemu:///system version >/dev/null 2>&1 && break; sleep 1; done; "
+                  f"( {launcher.libvirtd_wait_sh(60)} ) >/dev/null 2>&1; "
                   "systemctl show -p MainPID --value libvirtd", timeout=180)
     new = p.stdout.strip().splitlines()[-1:] or ["?"]
     return f"the harness restarted libvirtd (SIGKILL, now pid {new[0]}) so that the next scenarios find a live daemon"

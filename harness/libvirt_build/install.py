@@ -13,6 +13,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from harness.bed import launcher
 from harness.errors import HarnessError
 from harness.libvirt_build.build import MANIFEST, MARKER, Build
 from harness.progress import say
@@ -26,6 +27,17 @@ def _ssh(bed, cmd: str, timeout: float = 120) -> subprocess.CompletedProcess:
         return bed.ssh(cmd, timeout=timeout)
     except subprocess.TimeoutExpired:
         raise HarnessError(f"bed {bed.name}: '{cmd[:60]}' timed out after {timeout:.0f} s") from None
+
+
+def restart_sh(wait_s: int) -> str:
+    """Bed-side shell that starts libvirtd on the files just put in place (a build, or the original restored):
+    the linker cache and systemd's units first (a target made of another suite's packages brings its own unit
+    files), the log and lock daemons reloaded, then libvirtd, waited for up to `wait_s` seconds."""
+    return ("ldconfig; systemctl daemon-reload; "
+            "systemctl reload virtlogd.service 2>/dev/null || systemctl restart virtlogd.service || true; "
+            "systemctl try-reload-or-restart virtlockd.service 2>/dev/null || true; "
+            "systemctl reset-failed libvirtd.service 2>/dev/null || true; systemctl start libvirtd.service; "
+            + launcher.libvirtd_wait_sh(wait_s))
 
 
 def install(bed, build: Build, timeout: float = 180) -> dict:
@@ -43,14 +55,8 @@ def install(bed, build: Build, timeout: float = 180) -> dict:
         # running test domains would be left to a daemon that no longer knows their binary: the harness sweeps
         # hx-* leftovers itself; here only stop the daemon, unpack, start again.
         f"set -e; systemctl stop libvirtd.service 2>/dev/null || true; "
-        f"tar -xzf {REMOTE_TAR} -C / --no-same-owner --keep-directory-symlink; rm -f {REMOTE_TAR}; ldconfig; "
-        # a target made of another suite's packages brings its own unit files
-        "systemctl daemon-reload; "
-        "systemctl reload virtlogd.service 2>/dev/null || systemctl restart virtlogd.service || true; "
-        "systemctl try-reload-or-restart virtlockd.service 2>/dev/null || true; "
-        "systemctl reset-failed libvirtd.service 2>/dev/null || true; systemctl start libvirtd.service; "
-        "for i in $(seq 1 60); do virsh -c qemu:///system version --daemon >/dev/null 2>&1 && exit 0; sleep 1; done; "
-        "journalctl -u libvirtd -n 30 --no-pager; exit 3")
+        f"tar -xzf {REMOTE_TAR} -C / --no-same-owner --keep-directory-symlink; rm -f {REMOTE_TAR}; "
+        + restart_sh(60))
     p = _ssh(bed, script, timeout=timeout)
     if p.returncode != 0:
         raise HarnessError(f"bed {bed.name}: libvirtd did not come back after installing build {build.id}:\n"

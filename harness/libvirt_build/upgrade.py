@@ -41,9 +41,6 @@ VIAS = ("auto", "source", "packages")
 #: Where libvirtd loads every module it finds: a module of another version in them stops the daemon.
 MODULE_DIRS = tuple(f"/usr/lib/x86_64-linux-gnu/libvirt/{d}" for d in
                     ("connection-driver", "storage-backend", "storage-file", "lock-driver"))
-RESTART_WAIT = (
-    "for i in $(seq 1 90); do virsh -c qemu:///system version --daemon >/dev/null 2>&1 && exit 0; sleep 1; done; "
-    "journalctl -u libvirtd -n 30 --no-pager; exit 3")
 
 
 def target_suite(bed_suite: str, to: str) -> str | None:
@@ -216,11 +213,7 @@ def restore(bed, keep_state: bool = False) -> dict:
               "[ -f $S/absent.list ] && xargs -r -d '\\n' -a $S/absent.list rm -f --; "
               "[ -f $S/backup.tar ] && tar -C / -xpf $S/backup.tar; "
               "[ -f $S/absent-dirs.list ] && sort -r $S/absent-dirs.list | xargs -r -d '\\n' rmdir --ignore-fail-on-non-empty --; "
-              "ldconfig; systemctl daemon-reload; "
-              "systemctl reload virtlogd.service 2>/dev/null || systemctl restart virtlogd.service || true; "
-              "systemctl try-reload-or-restart virtlockd.service 2>/dev/null || true; "
-              "systemctl reset-failed libvirtd.service 2>/dev/null || true; systemctl start libvirtd.service; "
-              + RESTART_WAIT)
+              + install_mod.restart_sh(90))
     p = _ssh(bed, script, timeout=300)
     if p.returncode != 0:
         raise HarnessError(f"bed {bed.name}: restoring the original libvirt failed (state kept in {STATE}):\n"
