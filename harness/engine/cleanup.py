@@ -121,7 +121,7 @@ def hand_off(run: RunState, leases: Leases, journal: Journal,
 
     if run.t.reaper is None:
         run.t.reaper = teardown.Reaper(run.t)
-    submitted = run.t.reaper.submit(run.sc.name, job, on_done, lazy_view=True)
+    submitted = run.t.reaper.submit(run.sc.name, job, on_done)
     # Ours goes when we return: the teardown's own read lock must be held first (else a daemon
     # restart elsewhere could slip in between and find this domain still there).
     while not holds_lock.wait(teardown.WAIT_SLICE):

@@ -61,18 +61,18 @@ class Reaper:
                                                  shared_networks=None, reaper=None)
             return self._view
 
-    def submit(self, scenario: str, fn: Callable[[object], None], on_done: Callable[[Job], None] | None,
-               lazy_view: bool = False) -> Job:
-        """Run fn(view) in a thread of its own. lazy_view: fn gets the `view` method instead and asks for the
-        view when it needs it (the first one opens a libvirt connection, ~0.25 s under TCG: a teardown that
-        first takes a lock the scenario waits for should not make it wait for that too)."""
+    def submit(self, scenario: str, fn: Callable[[Callable[[], object]], None],
+               on_done: Callable[[Job], None] | None) -> Job:
+        """Run fn(get_view) in a thread of its own. fn asks for the view when it needs it: the first one opens
+        a libvirt connection (~0.25 s under TCG), and a teardown that first takes a lock the scenario waits for
+        should not make it wait for that too."""
         job = Job(scenario=scenario, fn=fn, on_done=on_done)
         self.jobs.append(job)
 
         def run() -> None:
             _block_signals()
             try:
-                fn(self.view if lazy_view else self.view())
+                fn(self.view)
             except BaseException as e:   # reported as the scenario's cleanup problem, never lost
                 job.error = f"{type(e).__name__}: {getattr(e, 'message', None) or e}"
             finally:

@@ -19,7 +19,7 @@ def reaper(monkeypatch):
 def test_a_finished_teardown_is_reported_once_in_the_callers_thread(reaper):
     seen = []
     main = threading.get_ident()
-    job = reaper.submit("s1", lambda view: seen.append(("ran", view)),
+    job = reaper.submit("s1", lambda get_view: seen.append(("ran", get_view())),
                         lambda j: seen.append(("done", threading.get_ident() == main, j.error)))
     job.done.wait(5)
     assert [j.scenario for j in reaper.collect()] == ["s1"]
@@ -64,9 +64,3 @@ def test_overlap_can_be_switched_off(monkeypatch):
     monkeypatch.delenv("HX_OVERLAP_TEARDOWN")
     assert teardown.enabled()
 
-
-def test_a_lazy_view_is_asked_for_by_the_teardown_itself(reaper):
-    got = []
-    job = reaper.submit("s3", lambda get_view: got.append(get_view()), None, lazy_view=True)
-    job.done.wait(5)
-    assert got == ["view"] and not job.error
