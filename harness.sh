@@ -135,7 +135,9 @@ trap - ERR
 
 case "$cmd" in
   run)  shift; exec .venv/bin/harness run "$@" ;;
-  test) shift; exec .venv/bin/python -m pytest -p no:cacheprovider -rfEs --harness-retries 1 "$@" ;;
+  # two xdist workers, one per bed group (tests/integration/conftest.py: ci_group); HX_TEST_WORKERS=0: one process
+  test) shift; exec .venv/bin/python -m pytest -p no:cacheprovider -rfEs --harness-retries 1 \
+          -n "${HX_TEST_WORKERS:-2}" --dist loadgroup "$@" ;;
   help|-h|--help) exec .venv/bin/harness --help ;;
   *)    exec .venv/bin/harness "$@" ;;
 esac

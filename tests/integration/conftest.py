@@ -48,31 +48,3 @@ def mutant_bed(request, spare_bed):
             pytest.fail("the mutants are written against libvirt 11.3.0: run these tests with --suite trixie")
         return spare_bed()
     return get
-
-
-class ModuleTimes:
-    """Sum setup + call + teardown per file (integration modules, and the scenario catalog as one line) and
-    print them at the end, so CI's 45-minute budget can be watched per module. A plugin object, registered
-    below: hooks in this conftest itself would only see the reports of tests under tests/integration/."""
-
-    def __init__(self):
-        self.seconds: dict[str, float] = {}
-
-    def pytest_runtest_logreport(self, report):
-        path = report.nodeid.split("::")[0]
-        if path.startswith("tests/integration/") or path.startswith("scenarios/"):
-            key = "scenarios/ (the catalog)" if path.startswith("scenarios/") else path
-            self.seconds[key] = self.seconds.get(key, 0.0) + report.duration
-
-    def pytest_terminal_summary(self, terminalreporter):
-        if not self.seconds:
-            return
-        terminalreporter.section("time per integration module")
-        for key, s in sorted(self.seconds.items(), key=lambda kv: -kv[1]):
-            terminalreporter.write_line(f"{s:8.1f} s  {key}")
-        terminalreporter.write_line(f"{sum(self.seconds.values()):8.1f} s  total")
-
-
-def pytest_configure(config):
-    if not config.pluginmanager.has_plugin("hx-module-times"):
-        config.pluginmanager.register(ModuleTimes(), "hx-module-times")

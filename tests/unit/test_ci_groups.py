@@ -1,0 +1,60 @@
+"""tests/ci_groups.py: which xdist worker group each test of `./harness.sh test` runs in.
+
+The two groups must never share a bed (a fault test freezes or restarts the session's bed; explore and the
+mutants install other libvirt builds into the spare bed), so every test that asks for the spare bed must be
+in "spare" and none of them may ask for the session's bed (`hx_target` or the fault tests' `bed`).
+"""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from harness import paths
+from tests import ci_groups as groups
+
+INTEGRATION = paths.REPO / "tests" / "integration"
+
+
+def _tests_and_fixtures(path: Path) -> dict[str, set[str]]:
+    """test function name -> the fixtures it needs in the end: a fixture defined in the same module is replaced
+    by the fixtures it asks for (test_explore's `bed` is the spare bed, test_faults's `bed` the session's)."""
+    tree = ast.parse(path.read_text())
+    funcs = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
+
+    def leaves(name: str, seen: frozenset = frozenset()) -> set[str]:
+        if name not in funcs or name in seen or name.startswith("test_"):
+            return {name}
+        return set().union(*(leaves(a.arg, seen | {name}) for a in funcs[name].args.args)) or set()
+
+    return {name: set().union(*(leaves(a.arg) for a in fn.args.args)) if fn.args.args else set()
+            for name, fn in funcs.items() if name.startswith("test_")}
+
+
+def test_group_of_a_file_and_of_one_test_in_a_file():
+    assert groups.ci_group("tests/integration/test_explore.py::test_explore_finds_both") == "spare"
+    assert groups.ci_group("tests/integration/test_faults.py::test_bed_vm_killed_mid_step") == "spare"
+    assert groups.ci_group("tests/integration/test_faults.py::test_ctrl_c_mid_step") == "main"
+    assert groups.ci_group("tests/integration/test_explore_other.py::test_x") == "main"   # a prefix is not a file
+    assert groups.ci_group("scenarios/seed-hostdev-then-hotplug.yaml::seed-hostdev-then-hotplug") == "main"
+    assert groups.ci_group("tests/unit/test_aliases.py::test_x") == "main"
+
+
+def test_every_spare_entry_names_a_test_that_exists():
+    for key in groups.SPARE_GROUP:
+        path, _, test = key.partition("::")
+        assert (paths.REPO / path).is_file(), key
+        if test:
+            assert test in _tests_and_fixtures(paths.REPO / path), key
+
+
+def test_spare_bed_users_are_all_spare_and_spare_tests_never_touch_the_sessions_bed():
+    session_bed = {"hx_target", "bed"}
+    spare_bed = {"spare_bed", "mutant_bed"}
+    for path in sorted(INTEGRATION.glob("test_*.py")):
+        for name, asked in _tests_and_fixtures(path).items():
+            nodeid = f"{path.relative_to(paths.REPO)}::{name}"
+            group = groups.ci_group(nodeid)
+            if asked & spare_bed:
+                assert group == "spare", f"{nodeid} uses the spare bed but runs in group {group}"
+            if group == "spare":
+                assert not asked & session_bed, f"{nodeid} runs in the spare group but uses the session's bed"
