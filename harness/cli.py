@@ -48,7 +48,7 @@ def cmd_bed_up(args) -> int:
     if build is not None:
         from harness.libvirt_build import install
         secs = install.install(bed, build)
-        got = install.installed_build(bed)
+        got = secs["running"]
         print(f"  libvirt build {build.id} ({build.version}) installed in {secs['total']} s; running daemon: "
               f"{got['id']} (verified: {got['verified']})")
     return 0
@@ -248,7 +248,7 @@ def cmd_libvirt_build(args) -> int:
         from harness.libvirt_build import install
         bed = lifecycle.find(name=args.install)
         secs = install.install(bed, b)
-        print(f"  installed into bed {bed.name} in {secs['total']} s; running: {install.installed_build(bed)['id']}")
+        print(f"  installed into bed {bed.name} in {secs['total']} s; running: {secs['running']['id']}")
     return 0
 
 

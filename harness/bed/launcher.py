@@ -87,9 +87,9 @@ class Launcher:
 def libvirtd_wait_sh(seconds: int) -> str:
     """Bed-side shell for the places that restart libvirtd inside one SSH command (install, upgrade and its
     restore, reviving a hung daemon): exit 0 once libvirtd answers, or print its journal tail and exit 3
-    after `seconds`."""
-    return (f"for i in $(seq 1 {seconds}); do virsh -c qemu:///system version --daemon >/dev/null 2>&1 && exit 0; "
-            "sleep 1; done; journalctl -u libvirtd -n 30 --no-pager; exit 3")
+    after `seconds`. Polled every 0.25 s: a restart is waited for on every upgrade step and its rollback."""
+    return (f"for i in $(seq 1 {seconds * 4}); do virsh -c qemu:///system version --daemon >/dev/null 2>&1 && exit 0; "
+            "sleep 0.25; done; journalctl -u libvirtd -n 30 --no-pager; exit 3")
 
 
 def wait_ready(bed: BedInfo, timeout: float = BOOT_TIMEOUT, died: Callable[[], bool] | None = None) -> None:

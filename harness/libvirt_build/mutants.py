@@ -172,7 +172,7 @@ def run(suite: str = "trixie", bed_name: str | None = None, k: str | None = None
         for name, b in builds.items():
             say(f"mutants: {name} (build {b.id}): installing into bed {bed.name}")
             inst = install_mod.install(bed, b)
-            proof = install_mod.installed_build(bed)
+            proof = inst.pop("running")
             r = run_scenarios(bed, runs_dir / name, k=k, extra=["-n", str(workers)] if workers else None)
             v = verdicts(r)
             entry = {"build": b.id, "patch": b.patches, "k": k, "build_seconds": b.seconds, "install_seconds": inst,

@@ -78,11 +78,25 @@ def _carried_patches(original_id: str | None, target_version: str) -> tuple[list
     return out, names
 
 
+#: resolve()'s answers in this process: (bed, its suite, target, version, via, original) -> (build, info). Why:
+#: finding a suite's target reads the mirror (signed InRelease, Sources.xz, the orig tarball or apt's plan):
+#: ~6 s each time, the same answer for every upgrade scenario of a run.
+_RESOLVED: dict[tuple, tuple[build_mod.Build, dict]] = {}
+
+
 def resolve(bed, spec: dict, original_id: str | None) -> tuple[build_mod.Build | None, dict]:
-    """The build `spec` names for this bed (None for `original`) and how it was made."""
-    to, via = spec.get("to"), spec.get("via", "auto")
-    if to == "original":
+    """The build `spec` names for this bed (None for `original`) and how it was made (once per process)."""
+    if spec.get("to") == "original":
         return None, {"to": "original"}
+    key = (bed.name, bed.suite, str(spec.get("to")), spec.get("version"), spec.get("via", "auto"), original_id)
+    if key not in _RESOLVED:
+        _RESOLVED[key] = _resolve(bed, spec, original_id)
+    b, info = _RESOLVED[key]
+    return b, json.loads(json.dumps(info))       # the caller adds to its copy
+
+
+def _resolve(bed, spec: dict, original_id: str | None) -> tuple[build_mod.Build, dict]:
+    to, via = spec.get("to"), spec.get("via", "auto")
     if isinstance(to, str) and BUILD_ID.match(to):
         return build_mod.load(to), {"to": to, "via": "build"}
     suite = target_suite(bed.suite, to)
@@ -130,8 +144,10 @@ def state(bed) -> dict | None:
         return {"id": None, "broken": p.stdout[:200]}
 
 
-def begin(bed, owner: str) -> dict:
-    """Note the original before the first upgrade; restore first what a dead run left upgraded."""
+def begin(bed, owner: str) -> tuple[dict, str | None]:
+    """Note the original before the first upgrade; restore first what a dead run left upgraded. Returns the
+    journal and, when this call proved which build runs (a series' first upgrade), that build's id."""
+    running = None
     st = state(bed)
     if st is not None and st.get("owner") != owner:
         say(f"bed {bed.name}: an earlier run ({st.get('owner')}) left libvirt upgraded; restoring its original",
@@ -140,13 +156,14 @@ def begin(bed, owner: str) -> dict:
         st = None
     if st is None:
         proof = install_mod.installed_build(bed)
-        st = {"id": proof.get("id"), "owner": owner, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        running = proof.get("id")
+        st = {"id": running, "owner": owner, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         if st["id"] == install_mod.STOCK:
             st["dpkg_v"] = _dpkg_v(bed)
         p = _ssh(bed, f"mkdir -p {STATE} && cat > {STATE}/original.json", stdin=json.dumps(st), timeout=60)
         if p.returncode != 0:
             raise HarnessError(f"bed {bed.name}: cannot write {STATE}: {p.stderr.strip()[-300:]}")
-    return st
+    return st, running
 
 
 def _backup(bed, b: build_mod.Build) -> None:
@@ -186,16 +203,15 @@ def _backup(bed, b: build_mod.Build) -> None:
 def upgrade(bed, spec: dict, owner: str) -> dict:
     """Install what `spec` names (or restore the original), restart, prove. Returns the step's record."""
     t0 = time.monotonic()
-    st = begin(bed, owner)
-    before = install_mod.installed_build(bed).get("id")
+    st, running = begin(bed, owner)
+    before = running or install_mod.installed_build(bed).get("id")
     b, info = resolve(bed, spec, st.get("id"))
     t1 = time.monotonic()
     if b is None:
         proof = restore(bed, keep_state=True)
     else:
         _backup(bed, b)
-        install_mod.install(bed, b)
-        proof = install_mod.installed_build(bed)
+        proof = install_mod.install(bed, b)["running"]
     info.update(before=before, after=proof.get("id"), verified=proof.get("verified"), original=st.get("id"),
                 version=b.version if b else None,
                 seconds={"resolve_build": round(t1 - t0, 1), "install": round(time.monotonic() - t1, 1)})

@@ -1,0 +1,32 @@
+"""harness/libvirt_build/upgrade.resolve: a target is looked up on the mirror once per process, and each caller
+gets its own copy of the record (upgrade() adds before/after/seconds to it)."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from harness.libvirt_build import upgrade
+
+
+def test_the_same_target_is_resolved_once_and_each_caller_gets_its_own_record(monkeypatch):
+    calls = []
+
+    def fake(bed, spec, original_id):
+        calls.append((bed.name, dict(spec), original_id))
+        return SimpleNamespace(id="b" * 18), {"to": spec["to"], "via": "packages", "pulled": ["libnl 3"]}
+
+    monkeypatch.setattr(upgrade, "_resolve", fake)
+    monkeypatch.setattr(upgrade, "_RESOLVED", {})
+    bed = SimpleNamespace(name="trixie", suite="trixie")
+    b1, info1 = upgrade.resolve(bed, {"to": "next"}, "stock")
+    info1.update(before="stock", seconds={"install": 1})
+    info1["pulled"].append("changed by the caller")
+    b2, info2 = upgrade.resolve(bed, {"to": "next"}, "stock")
+    assert len(calls) == 1 and b1 is b2
+    assert info2 == {"to": "next", "via": "packages", "pulled": ["libnl 3"]}
+
+    upgrade.resolve(bed, {"to": "next", "via": "packages"}, "stock")             # another spec
+    upgrade.resolve(SimpleNamespace(name="other", suite="trixie"), {"to": "next"}, "stock")   # another bed
+    upgrade.resolve(bed, {"to": "next"}, "4defc14067f18d1f2f")                   # another original
+    assert len(calls) == 4
+    assert upgrade.resolve(bed, {"to": "original"}, "stock") == (None, {"to": "original"})
+    assert len(calls) == 4
