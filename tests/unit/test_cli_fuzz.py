@@ -30,16 +30,22 @@ from harness.scenario.loader import ScenarioError, load_text
 REPO = Path(__file__).resolve().parents[2]
 SEED = (REPO / "tests" / "data" / "good" / "seed-hostdev-then-hotplug.yaml").read_text()
 
-# Real folders and files the generated argv points at (created at import: strategies need them).
-TMP = Path(tempfile.mkdtemp(prefix="hx-cli-fuzz-"))
+# Real folders and files the generated argv points at. Named at import (strategies and parameters hold the
+# paths), made by the module fixture and removed after it: a process that only collects this module (--co, or
+# the xdist worker that does not run it) leaves nothing in /tmp.
+TMP = Path(tempfile.gettempdir()) / f"hx-cli-fuzz-{os.getpid()}-{os.urandom(3).hex()}"
 A_DIR = TMP / "dir"
 A_FILE = TMP / "file.patch"
 A_RUN = TMP / "run-a"
 NOT_A_RUN = TMP / "not-a-run"
-for d in (A_DIR, A_RUN, NOT_A_RUN):
-    d.mkdir()
-A_FILE.write_text("x\n")
-(A_RUN / "summary.json").write_text("{}\n")
+
+
+def _make_files() -> None:
+    TMP.mkdir(mode=0o700)
+    for d in (A_DIR, A_RUN, NOT_A_RUN):
+        d.mkdir()
+    A_FILE.write_text("x\n")
+    (A_RUN / "summary.json").write_text("{}\n")
 
 
 class ReachedCommand(BaseException):
@@ -48,6 +54,7 @@ class ReachedCommand(BaseException):
 
 @pytest.fixture(scope="module", autouse=True)
 def guarded():
+    _make_files()
     mp = pytest.MonkeyPatch()
     for name, fn in list(vars(cli).items()):
         if name.startswith("cmd_") and callable(fn):
