@@ -135,7 +135,7 @@ trap - ERR
 
 case "$cmd" in
   run)  shift; exec .venv/bin/harness run "$@" ;;
-  # two xdist workers, one per bed group (tests/integration/conftest.py: ci_group); HX_TEST_WORKERS=0: one process
+  # two xdist workers, one per bed group (tests/ci_groups.py); HX_TEST_WORKERS=0: one process
   test) shift; exec .venv/bin/python -m pytest -p no:cacheprovider -rfEs --harness-retries 1 \
           -n "${HX_TEST_WORKERS:-2}" --dist loadgroup "$@" ;;
   help|-h|--help) exec .venv/bin/harness --help ;;

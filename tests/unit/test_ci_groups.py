@@ -24,9 +24,9 @@ def _tests_and_fixtures(path: Path) -> dict[str, set[str]]:
     def leaves(name: str, seen: frozenset = frozenset()) -> set[str]:
         if name not in funcs or name in seen or name.startswith("test_"):
             return {name}
-        return set().union(*(leaves(a.arg, seen | {name}) for a in funcs[name].args.args)) or set()
+        return set().union(*(leaves(a.arg, seen | {name}) for a in funcs[name].args.args))
 
-    return {name: set().union(*(leaves(a.arg) for a in fn.args.args)) if fn.args.args else set()
+    return {name: set().union(*(leaves(a.arg) for a in fn.args.args))
             for name, fn in funcs.items() if name.startswith("test_")}
 
 
