@@ -58,6 +58,7 @@ class ModuleTimes:
     def __init__(self):
         self.t0 = time.monotonic()
         self.seconds: dict[str, float] = {}
+        self.workers_of: dict[str, set[str]] = {}      # module -> the workers its tests ran in
         self.per_worker: dict[str, float] = {}
 
     def pytest_runtest_logreport(self, report):
@@ -69,14 +70,15 @@ class ModuleTimes:
         if path.startswith("tests/integration/") or path.startswith("scenarios/"):
             key = "scenarios/ (the catalog)" if path.startswith("scenarios/") else path
             self.seconds[key] = self.seconds.get(key, 0.0) + report.duration
+            self.workers_of.setdefault(key, set()).add(wid)
 
     def pytest_terminal_summary(self, terminalreporter):
         if not any(k.startswith("tests/") for k in self.seconds):   # a scenario run (harness run): not ours
             return
         terminalreporter.section("time per integration module")
         for key, s in sorted(self.seconds.items(), key=lambda kv: -kv[1]):
-            group = f"  [{ci_group(key)}]" if len(self.per_worker) > 1 else ""
-            terminalreporter.write_line(f"{s:8.1f} s  {key}{group}")
+            where = f"  [{', '.join(sorted(self.workers_of[key]))}]" if len(self.per_worker) > 1 else ""
+            terminalreporter.write_line(f"{s:8.1f} s  {key}{where}")
         terminalreporter.write_line(f"{sum(self.seconds.values()):8.1f} s  total")
         for wid, s in sorted(self.per_worker.items()):
             terminalreporter.write_line(f"{s:8.1f} s  busy in {wid} (every test)")

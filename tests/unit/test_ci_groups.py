@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 from pathlib import Path
+from types import SimpleNamespace
 
 from harness import paths
 from tests import ci_groups as groups
@@ -58,3 +59,41 @@ def test_spare_bed_users_are_all_spare_and_spare_tests_never_touch_the_sessions_
                 assert group == "spare", f"{nodeid} uses the spare bed but runs in group {group}"
             if group == "spare":
                 assert not asked & session_bed, f"{nodeid} runs in the spare group but uses the session's bed"
+
+
+def test_module_times_name_the_workers_each_module_ran_in():
+    """test_faults runs in both workers (one test of it kills the spare bed): its line names both."""
+    def report(nodeid, gw, s):
+        node = SimpleNamespace(gateway=SimpleNamespace(id=gw)) if gw else None
+        return SimpleNamespace(nodeid=nodeid, node=node, duration=s)
+
+    class Terminal:
+        def __init__(self):
+            self.lines: list[str] = []
+
+        def section(self, title):
+            self.lines.append(f"== {title}")
+
+        def write_line(self, line):
+            self.lines.append(line)
+
+    mt = groups.ModuleTimes()
+    for r in (report("tests/integration/test_faults.py::test_ctrl_c_mid_step", "gw0", 10.0),
+              report("tests/integration/test_faults.py::test_bed_vm_killed_mid_step", "gw1", 5.0),
+              report("tests/integration/test_explore.py::test_x", "gw1", 7.0),
+              report("scenarios/seed.yaml::seed", "gw0", 2.0),
+              report("tests/unit/test_aliases.py::test_split", "gw0", 1.0)):
+        mt.pytest_runtest_logreport(r)
+    term = Terminal()
+    mt.pytest_terminal_summary(term)
+    assert "    15.0 s  tests/integration/test_faults.py  [gw0, gw1]" in term.lines
+    assert "     7.0 s  tests/integration/test_explore.py  [gw1]" in term.lines
+    assert "     2.0 s  scenarios/ (the catalog)  [gw0]" in term.lines
+    assert "    24.0 s  total" in term.lines
+    assert "    13.0 s  busy in gw0 (every test)" in term.lines and "    12.0 s  busy in gw1 (every test)" in term.lines
+
+    scenarios_only = groups.ModuleTimes()          # harness run: no summary of ours
+    scenarios_only.pytest_runtest_logreport(report("scenarios/seed.yaml::seed", None, 2.0))
+    term = Terminal()
+    scenarios_only.pytest_terminal_summary(term)
+    assert term.lines == []
