@@ -19,6 +19,7 @@ from pathlib import Path
 from filelock import FileLock
 
 from harness import paths
+from harness.bed import guest_kernel
 from harness.errors import HarnessError
 from harness.progress import say
 
@@ -69,15 +70,15 @@ def packages(suite: str) -> list[str]:
 
 def recipe_digest() -> str:
     h = hashlib.sha256()
-    for p in sorted([Path(__file__), *FILES.iterdir()]):
+    for p in sorted([Path(__file__), Path(__file__).with_name("guest_kernel.py"), *FILES.iterdir()]):
         h.update(p.name.encode())
         h.update(p.read_bytes())
     return h.hexdigest()
 
 
 def cache_key(suite: str) -> str:
-    h = hashlib.sha256(json.dumps({"suite": suite, "packages": packages(suite),
-                                   "recipe": recipe_digest()}, sort_keys=True).encode())
+    h = hashlib.sha256(json.dumps({"suite": suite, "packages": packages(suite), "recipe": recipe_digest(),
+                                   "guest_kernel": guest_kernel.mode()}, sort_keys=True).encode())
     return f"{suite}-{h.hexdigest()[:12]}"
 
 
@@ -185,10 +186,13 @@ def _build_into(suite: str, work: Path) -> None:
     mirror = host_mirror()
     if mirror:
         cmd.append(mirror)
+    # Before the minute of mmdebstrap: a failed kernel build should cost nothing else (cached after once).
+    tiny = guest_kernel.ensure() if guest_kernel.mode() == "tiny" else None
     say(f"mmdebstrap {suite}: {len(packages(suite))} packages (about a minute)")
     _run(cmd, f"mmdebstrap {suite}")
-    _customize(root)
+    _customize(root, tiny)
     versions = _versions(root)
+    versions["guest_kernel"] = guest_kernel.describe() if tiny else "debian (HX_GUEST_KERNEL=debian)"
     (work / "versions.json").write_text(json.dumps(versions))
     kernels = sorted(root.glob("boot/vmlinuz-*"))
     initrds = sorted(root.glob("boot/initrd.img-*"))
@@ -202,7 +206,7 @@ def _build_into(suite: str, work: Path) -> None:
     shutil.rmtree(root)
 
 
-def _customize(root: Path) -> None:
+def _customize(root: Path, tiny_kernel: Path | None = None) -> None:
     def write(rel: str, text: str, mode: int = 0o644) -> None:
         p = root / rel.lstrip("/")
         p.parent.mkdir(parents=True, exist_ok=True)
@@ -231,7 +235,11 @@ def _customize(root: Path) -> None:
     # The tiny guest for scenarios that need an OS to acknowledge unplug.
     guest = root / GUEST_DIR.lstrip("/")
     guest.mkdir(parents=True, exist_ok=True)
-    guest_kernel(sorted(root.glob("boot/vmlinuz-*"))[-1], guest / "vmlinux")
+    if tiny_kernel:
+        shutil.copy2(tiny_kernel, guest / "vmlinux")
+        (guest / "vmlinux").chmod(0o644)
+    else:
+        debian_guest_elf(sorted(root.glob("boot/vmlinuz-*"))[-1], guest / "vmlinux")
     _guest_initramfs(guest / "initrd.img")
     services = ["harness-bed-setup.service", "ssh.service", "libvirtd.service"]
     _run(["chroot", str(root), "systemctl", "enable", *services], "systemctl enable")
@@ -245,8 +253,9 @@ def _customize(root: Path) -> None:
 _KERNEL_CODECS = {b"\x28\xb5\x2f\xfd": "zstd", b"\xfd7zXZ\x00": "xz"}
 
 
-def guest_kernel(vmlinuz: Path, out: Path) -> str:
-    """The tiny guest's kernel as the uncompressed ELF inside Debian's bzImage, booted through its PVH entry.
+def debian_guest_elf(vmlinuz: Path, out: Path) -> str:
+    """With HX_GUEST_KERNEL=debian: the guest's kernel as the uncompressed ELF inside Debian's bzImage, booted
+    through its PVH entry.
 
     Why: under TCG inside a TCG bed, decompressing the bzImage took ~50 of the guest's ~190 s boot; QEMU
     loads an ELF with a PVH note directly (Debian builds CONFIG_PVH=y). Falls back to the bzImage itself

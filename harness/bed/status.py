@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import testinfra
 
+from harness.bed.image import GUEST_DIR
 from harness.bed.state import BedInfo
 
 
@@ -50,6 +51,9 @@ def checks(bed: BedInfo) -> list[Check]:
         p = host.package(pkg)
         add(f"{pkg} version", p.is_installed, p.version if p.is_installed else "missing", "installed")
     add("bed kernel", True, host.check_output("uname -r"), "-")
+    guest = host.check_output(f"grep -a -o -m1 'Linux version [^ ]*' {GUEST_DIR}/vmlinux || true").strip()
+    add("tiny guest's kernel", guest.startswith("Linux version "), guest.removeprefix("Linux version ") or "missing",
+        "*-hx-guest (built by bed/guest_kernel.py; Debian's with HX_GUEST_KERNEL=debian)")
     types = [t for t in ("kvm", "qemu")
              if host.run(f"virsh -c qemu:///system domcapabilities --virttype {t}").rc == 0]
     add("domain types", "qemu" in types, ",".join(types) or "none", "qemu (kvm when nested KVM works)")

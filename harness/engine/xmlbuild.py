@@ -17,10 +17,12 @@ GUEST_KERNEL = "/var/lib/libvirt/images/hx-guest/vmlinux"   # ELF, PVH boot (bed
 USB_PORTS = 15
 GUEST_INITRD = "/var/lib/libvirt/images/hx-guest/initrd.img"
 
-#: The tiny guest's kernel command line. Under TCG inside a TCG bed the bed's Debian kernel took ~110 s from
-#: its first timestamp to init; these skip boot work that plays no part in acknowledging a PCI/ACPI unplug
-#: (ACPI, PCI, the PCIe port driver, pciehp/acpiphp and virtio-pci all still run). Seconds below are from an
-#: initcall_debug boot in the bed; `python -m bench.guest` times the guest scenarios.
+#: The tiny guest's kernel command line. The guest boots the kernel bed/guest_kernel.py builds, which has
+#: none of what most of these switch off (it ignores them, or hands the unknown ones to init, which ignores
+#: them too). They matter with HX_GUEST_KERNEL=debian: under TCG inside a TCG bed the bed's Debian kernel took
+#: ~110 s from its first timestamp to init; these skip boot work that plays no part in acknowledging a PCI/ACPI
+#: unplug (ACPI, PCI, the PCIe port driver, pciehp/acpiphp and virtio-pci all still run). Seconds below are
+#: from an initcall_debug boot in the bed; `python -m bench.guest` times the guest scenarios.
 GUEST_CMDLINE = " ".join([
     # quiet: every console byte is emulated twice; init still prints its marker
     "console=ttyS0", "panic=-1", "quiet", "loglevel=3", "mitigations=off",

@@ -37,40 +37,42 @@ SUITE_DEPS = {"bookworm": ["libyajl-dev"]}
 RECIPE_VERSION = "1"
 
 
-def deps(suite: str) -> list[str]:
-    return BUILD_DEPS + SUITE_DEPS.get(suite, [])
+def deps(suite: str, pkgs: list[str] | None = None) -> list[str]:
+    """libvirt's build deps for `suite`, or `pkgs` for another build (the guest kernel's)."""
+    return list(pkgs) if pkgs is not None else BUILD_DEPS + SUITE_DEPS.get(suite, [])
 
 
-def key(suite: str) -> str:
-    h = hashlib.sha256(json.dumps([suite, sorted(deps(suite)), RECIPE_VERSION]).encode()).hexdigest()[:10]
+def key(suite: str, pkgs: list[str] | None = None) -> str:
+    h = hashlib.sha256(json.dumps([suite, sorted(deps(suite, pkgs)), RECIPE_VERSION]).encode()).hexdigest()[:10]
     return f"{suite}-{h}"
 
 
-def path(suite: str) -> Path:
-    return sub("chroot") / key(suite)
+def path(suite: str, pkgs: list[str] | None = None) -> Path:
+    return sub("chroot") / key(suite, pkgs)
 
 
-def ensure(suite: str) -> Path:
-    """The chroot for `suite`, built on first use (about 30-60 s), reused afterwards."""
+def ensure(suite: str, pkgs: list[str] | None = None) -> Path:
+    """The chroot for `suite` with `pkgs` (default: libvirt's build deps), built on first use (about 30-60 s),
+    reused afterwards."""
     image.check_suite(suite)
     image.require_tools("mmdebstrap", "unshare", "chroot")
     if os.geteuid() != 0:
         raise HarnessError("the build chroot needs root (mmdebstrap --mode=root, chroot)")
-    d = path(suite)
+    d, want = path(suite, pkgs), deps(suite, pkgs)
     with FileLock(str(d) + ".lock"):
         if (d / ".hx-ready").exists():
             return d
         tmp = Path(str(d) + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(d, ignore_errors=True)
-        cmd = ["mmdebstrap", "--mode=root", "--variant=apt", "--quiet", "--include=" + ",".join(deps(suite)),
+        cmd = ["mmdebstrap", "--mode=root", "--variant=apt", "--quiet", "--include=" + ",".join(want),
                "--aptopt=Acquire::Retries 3",
                "--dpkgopt=path-exclude=/usr/share/doc/*", "--dpkgopt=path-exclude=/usr/share/man/*",
                "--dpkgopt=path-exclude=/usr/share/locale/*", suite, str(tmp)]
         m = image.host_mirror()
         if m:
             cmd.append(m)
-        say(f"build chroot {key(suite)}: mmdebstrap with {len(deps(suite))} build deps")
+        say(f"build chroot {d.name}: mmdebstrap with {len(want)} build deps")
         t0 = time.monotonic()
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
         if p.returncode != 0:
@@ -79,16 +81,16 @@ def ensure(suite: str) -> Path:
         for m_ in ("src", "build", "ccache", "out"):
             (tmp / m_).mkdir(exist_ok=True)
         secs = round(time.monotonic() - t0, 1)
-        (tmp / ".hx-ready").write_text(json.dumps({"suite": suite, "seconds": secs, "packages": deps(suite)}))
+        (tmp / ".hx-ready").write_text(json.dumps({"suite": suite, "seconds": secs, "packages": want}))
         tmp.rename(d)
-        say(f"build chroot {key(suite)}: ready in {secs} s")
+        say(f"build chroot {d.name}: ready in {secs} s")
     return d
 
 
 def run(suite: str, script: str, binds: dict[str, Path], timeout: float = 3600, log: Path | None = None,
-        env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """Run `script` (sh) inside the chroot with host dirs bind-mounted at /src, /build, ... ."""
-    root = ensure(suite)
+        env: dict[str, str] | None = None, pkgs: list[str] | None = None) -> subprocess.CompletedProcess:
+    """Run `script` (sh) inside the chroot (`pkgs` as for ensure) with host dirs bind-mounted at /src, /build, ... ."""
+    root = ensure(suite, pkgs)
     mounts = [f"mount -t proc proc {root}/proc", f"mount --rbind /dev {root}/dev"]
     for target, host in binds.items():
         host.mkdir(parents=True, exist_ok=True)

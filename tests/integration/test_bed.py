@@ -15,7 +15,7 @@ import libvirt
 import pytest
 from filelock import FileLock
 
-from harness.bed import image, lifecycle, qemu, state, status
+from harness.bed import guest_kernel, image, lifecycle, qemu, state, status
 from harness.errors import HarnessError
 
 pytestmark = [pytest.mark.bed, pytest.mark.slow]
@@ -51,6 +51,15 @@ def test_bed_preconditions_all_hold(hx_target):
     assert int(rows["e1000e NICs"].value) >= 2
     assert "qemu" in rows["domain types"].value.split(",")
     assert rows["libvirt-daemon version"].value.startswith("11.3.0")
+
+
+def test_tiny_guest_boots_the_kernel_built_for_it(hx_target):
+    """The bed holds the kernel bed/guest_kernel.py built (not Debian's), and its image says so; that it
+    acknowledges unplugs is what the catalog's guest scenarios prove."""
+    rows = {r.name: r for r in status.checks(hx_target.bed)}
+    assert rows["tiny guest's kernel"].ok and rows["tiny guest's kernel"].value.endswith("-hx-guest")
+    versions = image.image_for(hx_target.bed.suite).manifest["versions"]
+    assert versions["guest_kernel"].startswith("tiny " + guest_kernel.cache_key() + " from linux-source-")
 
 
 def test_bed_inventory_gives_each_vf_its_own_iommu_group(hx_target):

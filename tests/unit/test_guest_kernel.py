@@ -1,103 +1,79 @@
-"""The tiny guest: its kernel (the ELF inside a bzImage, for both codecs Debian uses: zstd, xz) and its initramfs."""
+"""The tiny guest's kernel recipe: the fragment's lines are checked against the built .config, and the cache
+keys (the kernel's and every bed image's) follow the recipe. The kernel itself boots in every guest scenario
+of the catalog, and test_bed checks the bed holds it."""
 from __future__ import annotations
-
-import lzma
-import platform
-import shutil
-import stat
-import subprocess
 
 import pytest
 
-from harness.bed.image import guest_kernel
+from harness.bed import guest_kernel, image
+from harness.errors import HarnessError
 
-ELF = b"\x7fELF\x02\x01\x01" + bytes(range(256)) * 8192          # > 1 MiB, like a real vmlinux
-SETUP = b"MZ\x00\x00HdrS" + b"\x00" * 20000                        # the bzImage's real-mode setup code
-TRAILER = b"\x00\x10\x00\x00" * 64                                 # what follows the payload in a bzImage
-
-
-def test_xz_payload_unpacks_to_the_elf(tmp_path):
-    vmlinuz = tmp_path / "vmlinuz"
-    vmlinuz.write_bytes(SETUP + lzma.compress(ELF, format=lzma.FORMAT_XZ) + TRAILER)
-    assert guest_kernel(vmlinuz, tmp_path / "vmlinux") == "elf"
-    assert (tmp_path / "vmlinux").read_bytes() == ELF
+FRAGMENT = """# comment
+CONFIG_PCI=y
+CONFIG_LOCALVERSION="-hx-guest"
+# CONFIG_INPUT is not set
+CONFIG_HOTPLUG_PCI_PCIE=y
+"""
 
 
-@pytest.mark.skipif(not shutil.which("zstd"), reason="zstd is a host package (harness.sh installs it)")
-def test_zstd_payload_with_trailer_unpacks_to_the_elf(tmp_path):
-    packed = subprocess.run(["zstd", "-q", "-c"], input=ELF, capture_output=True, check=True).stdout
-    vmlinuz = tmp_path / "vmlinuz"
-    # a false magic before the real stream: the search goes on to the next occurrence
-    vmlinuz.write_bytes(SETUP + b"\x28\xb5\x2f\xfd junk" + packed + TRAILER)
-    assert guest_kernel(vmlinuz, tmp_path / "vmlinux") == "elf"
-    assert (tmp_path / "vmlinux").read_bytes() == ELF
+def test_fragment_lines_give_line_symbol_and_value():
+    assert guest_kernel.fragment_lines(FRAGMENT) == [
+        (2, "CONFIG_PCI", "y"), (3, "CONFIG_LOCALVERSION", '"-hx-guest"'), (4, "CONFIG_INPUT", None),
+        (5, "CONFIG_HOTPLUG_PCI_PCIE", "y")]
 
 
-def test_unknown_payload_falls_back_to_the_bzimage(tmp_path):
-    vmlinuz = tmp_path / "vmlinuz"
-    vmlinuz.write_bytes(SETUP + b"\x1f\x8b gzip is not used by Debian amd64 kernels" + TRAILER)
-    assert guest_kernel(vmlinuz, tmp_path / "vmlinux") == "bzimage"
-    assert (tmp_path / "vmlinux").read_bytes() == vmlinuz.read_bytes()
+def test_a_config_that_holds_every_line_passes():
+    built = ('CONFIG_64BIT=y\nCONFIG_PCI=y\nCONFIG_LOCALVERSION="-hx-guest"\n# CONFIG_INPUT is not set\n'
+             "CONFIG_HOTPLUG_PCI_PCIE=y\n")
+    guest_kernel.check_config(FRAGMENT, built)
+    # an absent symbol and "=n" both count as off
+    guest_kernel.check_config("# CONFIG_INPUT is not set\n# CONFIG_VT is not set\n", "CONFIG_VT=n\n")
 
 
-# ---- the initramfs: /dev/console and a tiny static init that prints the marker --------------------------------------
-
-def test_guest_init_is_a_static_x86_64_elf_that_prints_the_marker():
-    from harness.bed.image import GUEST_MARKER, guest_init_elf
-    elf = guest_init_elf()
-    assert elf[:4] == b"\x7fELF" and elf[4] == 2 and int.from_bytes(elf[18:20], "little") == 62   # ELF64, x86-64
-    assert int.from_bytes(elf[16:18], "little") == 2                                             # ET_EXEC
-    assert elf.endswith(GUEST_MARKER) and len(elf) < 512
-    assert guest_init_elf(b"other\n").endswith(b"other\n")
-
-
-@pytest.mark.skipif(not (platform.system() == "Linux" and platform.machine() == "x86_64"),
-                    reason="runs the guest's init natively")
-def test_guest_init_runs_writes_the_marker_to_stdout_and_stays(tmp_path):
-    from harness.bed.image import GUEST_MARKER, guest_init_elf
-    init = tmp_path / "init"
-    init.write_bytes(guest_init_elf())
-    init.chmod(0o755)
-    p = subprocess.Popen([str(init)], stdout=subprocess.PIPE)
-    try:
-        assert p.stdout.read(len(GUEST_MARKER)) == GUEST_MARKER
-        with pytest.raises(subprocess.TimeoutExpired):
-            p.wait(timeout=0.5)                   # PID 1 must never exit (the kernel would panic)
-    finally:
-        p.kill()
-        p.wait()
+def test_a_symbol_kconfig_dropped_is_named_with_its_line_and_the_fix():
+    built = 'CONFIG_PCI=y\nCONFIG_LOCALVERSION="-hx-guest"\nCONFIG_INPUT=y\n'
+    with pytest.raises(HarnessError) as e:
+        guest_kernel.check_config(FRAGMENT, built, where="frag.config")
+    msg = str(e.value)
+    assert "frag.config" in msg
+    assert "line 4: CONFIG_INPUT wanted off, built y" in msg
+    assert "line 5: CONFIG_HOTPLUG_PCI_PCIE wanted y, built off" in msg
+    assert "CONFIG_PCI " not in msg
+    assert "dependency" in e.value.hint
 
 
-def _read_newc(data: bytes) -> dict[str, tuple[int, bytes, tuple[int, int]]]:
-    out, at = {}, 0
-    while True:
-        assert data[at:at + 6] == b"070701"
-        f = [int(data[at + 6 + 8 * i:at + 14 + 8 * i], 16) for i in range(13)]
-        name = data[at + 110:at + 110 + f[11] - 1].decode()
-        at = (at + 110 + f[11] + 3) & ~3
-        body = data[at:at + f[6]]
-        at = (at + f[6] + 3) & ~3
-        if name == "TRAILER!!!":
-            return out
-        out[name] = (f[1], body, (f[9], f[10]))
+def test_the_shipped_fragment_is_all_settings_or_comments():
+    text = guest_kernel.FRAGMENT.read_text()
+    settings = guest_kernel.fragment_lines(text)
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    comments = [ln for ln in lines if ln.startswith("#") and not ln.endswith(" is not set")]
+    assert len(settings) + len(comments) == len(lines)      # no line the check would silently skip
+    wanted = {s for _, s, v in settings if v == "y"}
+    assert {"CONFIG_PVH", "CONFIG_HOTPLUG_PCI_PCIE", "CONFIG_HOTPLUG_PCI_ACPI", "CONFIG_SERIAL_8250_CONSOLE",
+            "CONFIG_BLK_DEV_INITRD"} <= wanted
 
 
-def test_guest_initramfs_holds_the_console_node_and_init():
-    from harness.bed.image import guest_init_elf, guest_initramfs
-    data = guest_initramfs()
-    assert len(data) % 512 == 0
-    files = _read_newc(data)
-    assert set(files) == {"dev", "dev/console", "init"}
-    mode, _, rdev = files["dev/console"]
-    assert stat.S_ISCHR(mode) and rdev == (5, 1)
-    mode, body, _ = files["init"]
-    assert stat.S_ISREG(mode) and mode & 0o111 and body == guest_init_elf()
-    assert stat.S_ISDIR(files["dev"][0])
+def test_the_kernel_key_follows_the_fragment(tmp_path, monkeypatch):
+    frag = tmp_path / "guest-kernel.config"
+    frag.write_text(FRAGMENT)
+    monkeypatch.setattr(guest_kernel, "FRAGMENT", frag)
+    k1 = guest_kernel.cache_key()
+    frag.write_text(FRAGMENT + "CONFIG_IGBVF=y\n")
+    assert guest_kernel.cache_key() != k1
+    assert guest_kernel.cache_key().startswith(guest_kernel.KERNEL_SUITE + "-")
 
 
-@pytest.mark.skipif(not shutil.which("cpio"), reason="cpio(1) cross-checks the archive")
-def test_guest_initramfs_is_read_by_cpio(tmp_path):
-    from harness.bed.image import guest_initramfs
-    p = subprocess.run(["cpio", "-itv"], input=guest_initramfs(), capture_output=True, check=True)
-    listing = p.stdout.decode()
-    assert "dev/console" in listing and "5,   1" in listing and listing.rstrip().endswith("init")
+def test_the_image_key_follows_the_guest_kernel_choice(monkeypatch):
+    monkeypatch.delenv("HX_GUEST_KERNEL", raising=False)
+    tiny = image.cache_key("trixie")
+    monkeypatch.setenv("HX_GUEST_KERNEL", "debian")
+    assert image.cache_key("trixie") != tiny
+    monkeypatch.setenv("HX_GUEST_KERNEL", "tiny")
+    assert image.cache_key("trixie") == tiny
+
+
+def test_an_unknown_guest_kernel_choice_is_refused_with_the_choices(monkeypatch):
+    monkeypatch.setenv("HX_GUEST_KERNEL", "custom")
+    with pytest.raises(HarnessError) as e:
+        guest_kernel.mode()
+    assert "HX_GUEST_KERNEL='custom'" in str(e.value) and "debian" in e.value.hint
