@@ -10,10 +10,12 @@ This module also holds the one readiness wait (SSH, then libvirtd) both launcher
 """
 from __future__ import annotations
 
+import re
 import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from harness.bed.image import Image
 from harness.bed.state import BedInfo
@@ -121,6 +123,27 @@ def wait_ready(bed: BedInfo, timeout: float = BOOT_TIMEOUT, died: Callable[[], b
         time.sleep(2)
     raise HarnessError(f"bed {bed.name}: not ready after {timeout:.0f} s (waiting for {stage}: {last})\n"
                        f"{serial_tail(bed)}", hint=f"serial log: {bed.serial_log}")
+
+
+#: what the bed's kernel prints on its console when it, not libvirt or the harness, is in trouble
+_KERNEL_TROUBLE = re.compile(r"rcu: INFO: \S+ detected stalls|watchdog: BUG: soft lockup|INFO: task .* blocked for more "
+                             r"than|Kernel panic|BUG: |Oops: |general protection fault")
+
+
+def kernel_trouble(bed: BedInfo) -> str:
+    """'' or one sentence quoting the bed kernel's first complaint on its serial console (and how many followed).
+
+    Why: a bed whose vCPU stopped taking timer interrupts (an RCU stall, seen once under TCG) still answers
+    pings and half an SSH login, so every command just times out; the console says why."""
+    try:
+        text = Path(bed.serial_log).read_text(errors="replace")
+    except OSError:
+        return ""
+    hits = [ln.strip() for ln in text.splitlines() if _KERNEL_TROUBLE.search(ln)]
+    if not hits:
+        return ""
+    more = f", and {len(hits) - 1} more such lines" if len(hits) > 1 else ""
+    return f"the bed's kernel reports trouble: '{hits[0][:160]}'{more} (serial log: {bed.serial_log})"
 
 
 def serial_tail(bed: BedInfo, lines: int = 20) -> str:

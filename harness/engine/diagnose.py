@@ -49,15 +49,17 @@ def explain(t, before: dict[str, str], since_epoch: str | None = None) -> str:
     if not lifecycle.alive(t.bed):
         return (f"the bed VM {t.bed.name} is gone (its QEMU, pid {t.bed.pid}, exited or was killed); "
                 f"serial log: {t.bed.serial_log}")
-    hung = (f"the bed {t.bed.name} is running but does not answer SSH (%s): a hung guest, a stopped sshd "
-            f"or a stuck network; serial log: {t.bed.serial_log}")
+    def hung(why: str) -> str:
+        return (f"the bed {t.bed.name} is running but does not answer SSH ({why}): "
+                + (launcher.kernel_trouble(t.bed)
+                   or f"a hung guest, a stopped sshd or a stuck network; serial log: {t.bed.serial_log}"))
     try:
         p = _ask(t)
     except subprocess.TimeoutExpired:
-        return hung % "no reply within 20 s"
+        return hung("no reply within 20 s")
     now = _props(p)
     if p.returncode == 255 or not now:
-        return hung % ("ssh: " + (" ".join(p.stderr.split())[:160] or f"exit status {p.returncode}"))
+        return hung("ssh: " + (" ".join(p.stderr.split())[:160] or f"exit status {p.returncode}"))
     # Caught mid-restart ("deactivating"): the close callback fires as libvirtd starts to stop. Let systemd
     # finish (bounded) so the sentence says what happened, not what was happening.
     settle = time.monotonic() + SETTLE_S

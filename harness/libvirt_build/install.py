@@ -26,7 +26,8 @@ def _ssh(bed, cmd: str, timeout: float = 120) -> subprocess.CompletedProcess:
     try:
         return bed.ssh(cmd, timeout=timeout)
     except subprocess.TimeoutExpired:
-        raise HarnessError(f"bed {bed.name}: '{cmd[:60]}' timed out after {timeout:.0f} s") from None
+        raise HarnessError(f"bed {bed.name}: '{cmd[:60]}' timed out after {timeout:.0f} s",
+                           hint=launcher.kernel_trouble(bed) or None) from None
 
 
 def restart_sh(wait_s: int) -> str:
@@ -46,7 +47,11 @@ def install(bed, build: Build, timeout: float = 180) -> dict:
     t0 = time.monotonic()
     tar, sent = _delta(bed, Path(build.tarball))
     with open(tar, "rb") as f:
-        p = subprocess.run(bed.ssh_argv(f"cat > {REMOTE_TAR}"), stdin=f, capture_output=True, timeout=timeout)
+        try:
+            p = subprocess.run(bed.ssh_argv(f"cat > {REMOTE_TAR}"), stdin=f, capture_output=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise HarnessError(f"bed {bed.name}: copying the build ({tar.stat().st_size >> 20} MiB) timed out "
+                               f"after {timeout:.0f} s", hint=launcher.kernel_trouble(bed) or None) from None
     if tar != Path(build.tarball):
         tar.unlink(missing_ok=True)
     if p.returncode != 0:

@@ -65,3 +65,36 @@ def test_an_active_daemon_that_does_not_answer_inside_the_bed_is_named_hung_with
     assert why.startswith("libvirtd (pid 100) is active but does not answer even inside the bed ('virsh version': "
                           "no answer within 15 s): the daemon hangs"), why
     assert why.endswith("21 Sl futex_wait_queue; 1 Sl do_poll"), why
+
+
+STALL = ("[  309.431361] rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:\n"
+         "[  309.432266] rcu: \t0-...!: (0 ticks this GP) idle=1170/0/0x0 softirq=28413/28413 fqs=0\n"
+         "[  372.451217] rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:\n")
+
+
+class SilentBed(FakeBed):
+    """A bed whose SSH times out (its vCPU stopped taking timer interrupts, say)."""
+
+    def ssh(self, cmd: str, timeout: float = 60) -> subprocess.CompletedProcess:
+        raise subprocess.TimeoutExpired(cmd, timeout)
+
+
+def test_a_bed_that_does_not_answer_is_explained_by_its_kernel_console(tmp_path):
+    bed = SilentBed([BEFORE])
+    bed.serial_log = tmp_path / "serial.log"
+    bed.serial_log.write_text("[   56.79] systemd-ssh-generator[666]: Failed to query local AF_VSOCK CID\n" + STALL)
+    why = diagnose.explain(SimpleNamespace(bed=bed), BEFORE, None)
+    assert why.startswith("the bed hx-fake is running but does not answer SSH (no reply within 20 s): the bed's "
+                          "kernel reports trouble: '[  309.431361] rcu: INFO: rcu_preempt detected stalls on "
+                          "CPUs/tasks:', and 1 more such lines"), why
+    assert str(bed.serial_log) in why
+
+
+def test_a_quiet_console_keeps_the_generic_sentence(tmp_path):
+    bed = SilentBed([BEFORE])
+    bed.serial_log = tmp_path / "serial.log"
+    bed.serial_log.write_text("[   56.79] systemd-ssh-generator[666]: Failed to query local AF_VSOCK CID\n")
+    why = diagnose.explain(SimpleNamespace(bed=bed), BEFORE, None)
+    assert why.endswith(f"a hung guest, a stopped sshd or a stuck network; serial log: {bed.serial_log}"), why
+    bed.serial_log = tmp_path / "missing.log"
+    assert "a hung guest" in diagnose.explain(SimpleNamespace(bed=bed), BEFORE, None)
