@@ -126,8 +126,8 @@ def wait_ready(bed: BedInfo, timeout: float = BOOT_TIMEOUT, died: Callable[[], b
 
 
 #: what the bed's kernel prints on its console when it, not libvirt or the harness, is in trouble
-_KERNEL_TROUBLE = re.compile(r"rcu: INFO: \S+ detected stalls|watchdog: BUG: soft lockup|INFO: task .* blocked for more "
-                             r"than|Kernel panic|BUG: |Oops: |general protection fault")
+_KERNEL_TROUBLE = re.compile(r"rcu: INFO: \S+ detected stalls|INFO: task .* blocked for more than|Kernel panic|"
+                             r"BUG: |Oops: |general protection fault")   # "BUG: " covers soft lockups too
 
 
 def kernel_trouble(bed: BedInfo) -> str:

@@ -46,14 +46,15 @@ def install(bed, build: Build, timeout: float = 180) -> dict:
     proof's verdict (id, verified) that callers would otherwise read again at the bed's cost."""
     t0 = time.monotonic()
     tar, sent = _delta(bed, Path(build.tarball))
-    with open(tar, "rb") as f:
-        try:
+    try:
+        with open(tar, "rb") as f:
             p = subprocess.run(bed.ssh_argv(f"cat > {REMOTE_TAR}"), stdin=f, capture_output=True, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            raise HarnessError(f"bed {bed.name}: copying the build ({tar.stat().st_size >> 20} MiB) timed out "
-                               f"after {timeout:.0f} s", hint=launcher.kernel_trouble(bed) or None) from None
-    if tar != Path(build.tarball):
-        tar.unlink(missing_ok=True)
+    except subprocess.TimeoutExpired:
+        raise HarnessError(f"bed {bed.name}: copying the build ({tar.stat().st_size >> 20} MiB) timed out "
+                           f"after {timeout:.0f} s", hint=launcher.kernel_trouble(bed) or None) from None
+    finally:    # the delta tarball is ours to remove, also when the copy timed out
+        if tar != Path(build.tarball):
+            tar.unlink(missing_ok=True)
     if p.returncode != 0:
         raise HarnessError(f"bed {bed.name}: copying the build failed: {p.stderr.decode()[-500:]}")
     t1 = time.monotonic()
