@@ -22,9 +22,10 @@ REMOTE_TAR = "/var/tmp/hx-libvirt-build.tar.gz"
 STOCK = "stock"
 
 
-def _ssh(bed, cmd: str, timeout: float = 120) -> subprocess.CompletedProcess:
+def _ssh(bed, cmd: str, timeout: float = 120, stdin: str | None = None) -> subprocess.CompletedProcess:
+    """One command in the bed; a timeout says so, with the bed kernel's complaint when its console has one."""
     try:
-        return bed.ssh(cmd, timeout=timeout)
+        return bed.ssh(cmd, timeout=timeout, input=stdin)
     except subprocess.TimeoutExpired:
         raise HarnessError(f"bed {bed.name}: '{cmd[:60]}' timed out after {timeout:.0f} s",
                            hint=launcher.kernel_trouble(bed) or None) from None

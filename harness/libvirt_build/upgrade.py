@@ -129,10 +129,7 @@ def _resolve(bed, spec: dict, original_id: str | None) -> tuple[build_mod.Build,
 
 
 def _ssh(bed, cmd: str, timeout: float = 300, stdin: str | None = None) -> subprocess.CompletedProcess:
-    try:
-        return bed.ssh(cmd, timeout=timeout, input=stdin)
-    except subprocess.TimeoutExpired:
-        raise HarnessError(f"bed {bed.name}: '{cmd[:60]}' timed out after {timeout:.0f} s") from None
+    return install_mod._ssh(bed, cmd, timeout=timeout, stdin=stdin)
 
 
 def state(bed) -> dict | None:
