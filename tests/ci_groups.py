@@ -23,7 +23,8 @@ import pytest
 #: runs in "main", on the session's bed. The halves take about the same time.
 SPARE_GROUP = ("tests/integration/test_explore.py", "tests/integration/test_libvirt_build.py",
                "tests/integration/test_catalog_suites.py",
-               "tests/integration/test_faults.py::test_bed_vm_killed_mid_step")
+               "tests/integration/test_faults.py::test_bed_vm_killed_mid_step",
+               "tests/integration/test_faults.py::test_a_disposable_bed_that_dies_mid_scenario_is_replaced_and_the_retry_passes")
 
 
 def ci_group(nodeid: str) -> str:

@@ -118,7 +118,7 @@ def _reset_for_cold(bed: BedInfo) -> None:
     """After a failed restore: no QEMU, no overlay, no template login files; the bed's keys stay."""
     qemu.stop(bed, grace=3)
     subprocess.run(["ssh", "-F", str(bed.ssh_config), "-O", "exit", "bed"], capture_output=True, timeout=10)
-    for f in ("overlay.qcow2", "qmp.sock", "qemu.pid", "qemu.cmdline", "serial.log", "cm",
+    for f in ("overlay.qcow2", "qmp.sock", "qemu.pid", "qemu.cmdline", "serial.log", "qemu.log", "cm",
               "ssh_config.template", "known_hosts.template", "state.json"):
         with contextlib.suppress(OSError):
             (bed.path / f).unlink()

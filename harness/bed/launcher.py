@@ -146,6 +146,18 @@ def kernel_trouble(bed: BedInfo) -> str:
     return f"the bed's kernel reports trouble: '{hits[0][:160]}'{more} (serial log: {bed.serial_log})"
 
 
+def qemu_said(bed: BedInfo, lines: int = 3) -> str:
+    """The last lines QEMU wrote to its log (-D, which also takes its stderr): an assertion or an error_report
+    says why it exited. '' when there is none (a Vagrant bed, or QEMU said nothing). Its start-up warnings (NICs
+    with no peer: by design, nothing leaves the bed) are not last words."""
+    try:
+        text = bed.qemu_log.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    said = [ln.strip() for ln in text if ln.strip() and ": warning: " not in ln]
+    return " | ".join(said[-lines:])
+
+
 def serial_tail(bed: BedInfo, lines: int = 20) -> str:
     try:
         text = bed.serial_log.read_text(errors="replace").splitlines()

@@ -16,10 +16,11 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
+from harness import paths
 from harness.bed import image as image_mod
 from harness.bed import state as state_mod
 from harness.bed.launch_qemu import QemuLauncher
-from harness.bed.launcher import BOOT_TIMEOUT, Launcher, UpOptions
+from harness.bed.launcher import BOOT_TIMEOUT, Launcher, UpOptions, kernel_trouble, qemu_said
 from harness.bed.state import BedInfo
 from harness.bed.vagrant import VagrantLauncher
 from harness.errors import HarnessError
@@ -118,9 +119,46 @@ def wait_ready(bed: BedInfo, timeout: float = BOOT_TIMEOUT) -> None:
     launcher_for(bed.via).wait_ready(bed, timeout=timeout)
 
 
+def trouble(bed: BedInfo) -> str:
+    """'' for a bed that looks well, else one sentence saying why it cannot be trusted any more: its VM is
+    gone, or its kernel complained on the console (an RCU stall under TCG: the bed then answers nothing).
+    Cheap (a pid and a file), so it is asked before a bed is reused or taken down."""
+    if not alive(bed):
+        said = qemu_said(bed)
+        return (f"its VM is gone (pid {bed.pid} exited or was killed)"
+                + (f"; QEMU's last words: {said}" if said else ""))
+    return kernel_trouble(bed)
+
+
+#: what is kept of a bed lost to a fault (never its keys or its disk)
+KEPT_FILES = ("serial.log", "qemu.log", "qemu.cmdline", "state.json")
+
+
+def keep_logs(bed: BedInfo, why: str) -> Path | None:
+    """Copy a troubled bed's console and QEMU logs to results/beds-lost/ before its folder goes: the
+    evidence of a stall or a QEMU crash must outlive the bed (CI removes its beds at the end)."""
+    dest = paths.results_dir() / "beds-lost" / f"{time.strftime('%Y%m%dT%H%M%S')}-{bed.name}"
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+        for f in KEPT_FILES:
+            if (bed.path / f).exists():
+                shutil.copy2(bed.path / f, dest / f)
+        (dest / "why.txt").write_text(why + "\n")
+    except OSError as e:
+        say(f"bed {bed.name}: could not keep its logs in {dest}: {e}", warn=True)
+        return None
+    return dest
+
+
 def _cleanup(bed: BedInfo) -> list[str]:
-    """Remove everything a bed left: its launcher's processes, control sockets, the bed folder."""
+    """Remove everything a bed left: its launcher's processes, control sockets, the bed folder. A bed in
+    trouble (dead VM, kernel complaints) has its logs kept first (keep_logs)."""
+    why = trouble(bed) if bed.path.exists() else ""
     done = launcher_for(bed.via).down(bed)
+    if why:
+        kept = keep_logs(bed, why)
+        if kept:
+            done.append(f"kept its logs in {kept} ({why[:200]})")
     if bed.ssh_config.exists():
         subprocess.run(["ssh", "-F", str(bed.ssh_config), "-O", "exit", "bed"], capture_output=True,
                        timeout=10)
@@ -137,6 +175,33 @@ def down(name: str) -> list[str]:
             raise HarnessError(f"no bed named {name!r} is up",
                                hint="'harness bed status' lists the beds; nothing to take down")
         return _cleanup(bed)
+
+
+def replace(bed: BedInfo, why: str, timeout: float = BOOT_TIMEOUT) -> BedInfo:
+    """A fresh bed of the same name, suite and hardware in place of one that cannot be trusted any more
+    (`why`: trouble() or an SSH probe that timed out); its logs are kept (keep_logs). If another process
+    replaced it already (its pid changed and the new one is well), that bed is returned as it is.
+
+    Only for beds the harness may throw away: a bed a person brought up may hold a libvirt they installed,
+    and a fresh one would run another. The callers decide (plugin: beds a test session brought up)."""
+    with FileLock(str(state_mod.bed_dir(bed.name)) + ".replace.lock"):     # waits: one replacement at a time
+        cur = state_mod.load(bed.name)
+        if cur is not None and (cur.pid, cur.started) != (bed.pid, bed.started) and not trouble(cur):
+            return cur
+        say(f"bed {bed.name}: {why}; replacing it with a fresh bed", warn=True)
+        owner = ""
+        if cur is not None:
+            with exclusive(bed.name):
+                marker = cur.path / "brought-up-by"
+                owner = marker.read_text() if marker.exists() else ""
+                for line in _cleanup(cur):
+                    say(f"bed {bed.name}: {line}")
+        new = up(suite=bed.suite, via=bed.via, name=bed.name, memory_mib=bed.memory_mib, cpus=bed.cpus,
+                 vfs=bed.vfs, accel=bed.accel if bed.accel_reason.startswith("forced") else None,
+                 timeout=timeout)
+        if owner:        # the session that brought the old bed up takes this one down at its end
+            (new.path / "brought-up-by").write_text(owner)
+        return new
 
 
 def alive(bed: BedInfo) -> bool:

@@ -17,6 +17,7 @@ import time
 
 from harness.bed import accel as accel_mod
 from harness.bed.image import Image
+from harness.bed.launcher import qemu_said
 from harness.bed.qmp import QMP
 from harness.bed.state import BedInfo
 from harness.errors import HarnessError
@@ -60,6 +61,7 @@ def command(bed: BedInfo, img: Image, overlay: str, pfs: int = 1, e1000e: int = 
            "-netdev", f"user,id=mgmt,restrict=on,hostfwd=tcp:127.0.0.1:{bed.ssh_port}-:22",
            "-device", f"virtio-net-pci,netdev=mgmt,mac={MGMT_MAC}",
            "-serial", f"file:{d / 'serial.log'}",
+           "-D", str(d / "qemu.log"),    # also keeps QEMU's stderr (-daemonize sends it to /dev/null otherwise)
            "-qmp", f"unix:{d / 'qmp.sock'},server=on,wait=off",
            "-pidfile", str(d / "qemu.pid"), "-daemonize",
            "-fw_cfg", f"name=opt/harness/authorized_keys,file={d / 'id_ed25519.pub'}",
@@ -96,10 +98,12 @@ def create_overlay(overlay: str, backing: str, backing_fmt: str) -> None:
 def launch(bed: BedInfo, cmd: list[str]) -> None:
     d = bed.path
     (d / "serial.log").write_text("")
+    (d / "qemu.log").write_text("")
     (d / "qemu.cmdline").write_text(" ".join(cmd) + "\n")
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     if p.returncode != 0:
-        raise HarnessError(f"QEMU did not start (exit {p.returncode}): {p.stderr.strip()[-800:]}",
+        said = (p.stderr.strip() or qemu_said(bed, 10))[-800:]
+        raise HarnessError(f"QEMU did not start (exit {p.returncode}): {said}",
                            hint=f"full command line in {d / 'qemu.cmdline'}")
     bed.pid = int((d / "qemu.pid").read_text().strip())
 

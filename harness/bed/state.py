@@ -14,7 +14,7 @@ from harness import paths
 
 #: The files of a bed's folder that everything else reaches through BedInfo.
 BED_FILES = {"key_file": "id_ed25519", "known_hosts": "known_hosts", "ssh_config": "ssh_config",
-             "ssh_wrapper": "ssh", "serial_log": "serial.log"}
+             "ssh_wrapper": "ssh", "serial_log": "serial.log", "qemu_log": "qemu.log"}
 
 
 @paths.with_files(**BED_FILES)

@@ -55,12 +55,13 @@ def hardware_args(cmd: list[str], bed_dir: str, name: str, port: int) -> list[st
     by placeholders: what is left is hardware and must be equal between a template and a bed started
     from it. Files in the bed's folder (overlay, fw_cfg keys, sockets, logs) are per bed by design: the
     device state in the stream does not depend on their contents (fw_cfg files are read by the guest at
-    boot; the bed's keys are installed over SSH after the restore)."""
+    boot; the bed's keys are installed over SSH after the restore). QEMU's log (-D) is not hardware either:
+    templates saved before beds had one stay valid."""
     out: list[str] = []
     d = str(bed_dir).rstrip("/") + "/"
     prev = ""
     for a in cmd:
-        if prev == "-incoming":
+        if prev in ("-incoming", "-D"):     # -D: QEMU's own log, not hardware
             out.pop()
         elif prev == "-name" and a == f"hx-bed-{name}":
             out.append("hx-bed-{NAME}")

@@ -24,6 +24,12 @@ from harness.libvirt_build import upgrade
 from harness.progress import say
 
 
+def _bed_alive(bed) -> bool:
+    # imported here: the engine's modules load without the bed's launchers
+    from harness.bed import lifecycle
+    return lifecycle.alive(bed)
+
+
 def cleanup(run: RunState, t: Target | None = None) -> None:
     """Remove the domain and networks and check every leased VF is back on its host driver.
     `t`: the target view of a teardown thread (its own connection); default the run's target."""
@@ -31,6 +37,8 @@ def cleanup(run: RunState, t: Target | None = None) -> None:
     c = t.conn
     problems = []
     try:
+        if t.bed is not None and not _bed_alive(t.bed):    # nothing will answer: do not wait 90 s to learn it
+            raise HarnessError(f"the bed VM {t.bed.name} is gone")
         c.ensure(reconnect_timeout=90)     # a libvirtd restart in a TCG bed can take 30 s and more
     except HarnessError as e:
         run.cleanup_problems = [f"cleanup deferred, the bed does not answer ({e.message}): the next session "

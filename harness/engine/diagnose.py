@@ -47,8 +47,9 @@ def explain(t, before: dict[str, str], since_epoch: str | None = None) -> str:
         return "the libvirt connection failed (no bed to inspect: --libvirt-uri target)"
     from harness.bed import lifecycle
     if not lifecycle.alive(t.bed):
-        return (f"the bed VM {t.bed.name} is gone (its QEMU, pid {t.bed.pid}, exited or was killed); "
-                f"serial log: {t.bed.serial_log}")
+        said = launcher.qemu_said(t.bed)
+        return (f"the bed VM {t.bed.name} is gone (its QEMU, pid {t.bed.pid}, exited or was killed)"
+                + (f"; QEMU's last words: {said}" if said else "") + f"; serial log: {t.bed.serial_log}")
     def hung(why: str) -> str:
         return (f"the bed {t.bed.name} is running but does not answer SSH ({why}): "
                 + (launcher.kernel_trouble(t.bed)

@@ -104,6 +104,29 @@ def open_target(uri: str | None = None, bed: BedInfo | None = None) -> Target:
                   worker=os.environ.get("PYTEST_XDIST_WORKER", "gw0"))
 
 
+def rebind(t: Target, bed: BedInfo) -> None:
+    """Point a target, in place (runs, fixtures and the reaper hold it), at `bed`: a fresh bed that replaced
+    its broken one (lifecycle.replace). Refuses a bed whose software differs: the run folder's verdicts are
+    about one libvirt, and a scenario retried on another would answer for the wrong one."""
+    if t.reaper is not None:      # its teardowns were of the old bed; its own connection goes with it
+        t.reaper.close()
+        t.reaper = None
+    t.shared_networks = None      # they lived in the old bed; the next scenario makes them again
+    t.conn.close()
+    t.bed, t.uri, t.conn.uri = bed, bed.uri, bed.uri
+    t.conn.connect()
+    c = t.conn.virconn
+    lv, qv = _ver(t.conn.call(c.getLibVersion)), _ver(t.conn.call(c.getVersion))
+    kernel = bed.ssh("uname -r", timeout=30).stdout.strip() or "?"
+    if (lv, qv, kernel) != (t.libvirt_version, t.qemu_version, t.kernel):
+        raise HarnessError(f"the bed {bed.name} that replaced the broken one runs libvirt {lv}, QEMU {qv}, kernel "
+                           f"{kernel}; this run began on libvirt {t.libvirt_version}, QEMU {t.qemu_version}, kernel "
+                           f"{t.kernel}", hint="start a new run on the new bed")
+    t.nics = devices.inventory(bed)
+    t.lock_dir = Path(bed.dir) / "leases"
+    t.lock_dir.mkdir(parents=True, exist_ok=True)
+
+
 def _live_owned(t: Target) -> set[str]:
     """Names of domains and networks that a running session (any process) is using right now."""
     from harness.engine.journal import Journal

@@ -84,7 +84,8 @@ steps:
 class Child:
     """A child pytest running one scenario file, its stderr watched line by line."""
 
-    def __init__(self, tmp: Path, name: str, text: str, bed: str, env: dict | None = None):
+    def __init__(self, tmp: Path, name: str, text: str, bed: str, env: dict | None = None,
+                 extra: tuple[str, ...] = ()):
         d = tmp / name / "scenarios"      # the plugin collects YAML from folders named scenarios/
         d.mkdir(parents=True)
         (d / f"{name}.yaml").write_text(text)
@@ -98,7 +99,7 @@ class Child:
         self.p = subprocess.Popen(
             ["env", "--default-signal=INT", sys.executable, "-m", "pytest", str(d / f"{name}.yaml"), "-p", "harness.plugin", "-p", "no:cacheprovider",
              "-q", "-s", "-rfEs", "--rootdir", str(REPO), "-c", str(REPO / "pyproject.toml"),
-             "--bed", bed, "--no-bed-up", "--results-dir", str(self.results)],
+             "--bed", bed, "--no-bed-up", "--results-dir", str(self.results), *extra],
             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             env=dict(os.environ, PYTEST_ADDOPTS="", **(env or {})))
         threading.Thread(target=self._read, daemon=True).start()
@@ -328,6 +329,42 @@ def test_bed_vm_killed_mid_step(tmp_path, spare_bed):
     assert b2.pid != b.pid
     assert_bed_clean(b2)
     assert_next_run_clean(tmp_path, name)
+
+
+def test_a_disposable_bed_that_dies_mid_scenario_is_replaced_and_the_retry_passes(tmp_path, spare_bed):
+    """CI's beds are TCG VMs on 2 cores; now and then one stalls (its kernel's RCU stall) or dies. Before a retry,
+    a bed that a test session brought up (from its template: nothing of a person's is lost) is replaced by a
+    fresh one of the same hardware, so the retry says something about libvirt, and the old bed's console and
+    QEMU logs are kept in results/beds-lost/. Here the spare bed stands in for such a bed, and dies by SIGKILL."""
+    b = spare_bed()
+    marker = b.path / "brought-up-by"
+    marker.write_text("itest-session")         # what a session that brought it up writes
+    lost = tmp_path / "results-of-beds"
+    child = Child(tmp_path, "heal", NEXT_SCENARIO, b.name, env={"HARNESS_RESULTS": str(lost)},
+                  extra=("--harness-retries", "1"))
+    try:
+        child.wait_for("step 1 start")
+        os.kill(b.pid, signal.SIGKILL)
+        rc = child.finish(timeout=420)
+        out = child.output
+        assert rc == 0, out[-4000:]
+        assert f"bed {b.name}: its VM is gone (pid {b.pid} exited or was killed); replacing it with a fresh bed" \
+            in out, out[-4000:]
+        new = state.load(b.name)
+        assert new is not None and new.pid != b.pid and lifecycle.alive(new)
+        assert f"the retry runs on a fresh bed (QEMU pid {new.pid})" in out, out[-4000:]
+        rec = child.record()
+        assert rec["verdict"] == "passed" and rec["attempts"] == 2, rec
+        (kept,) = (lost / "beds-lost").iterdir()
+        assert (kept / "why.txt").read_text().startswith(f"its VM is gone (pid {b.pid}")
+        assert sorted(f.name for f in kept.iterdir()) == ["qemu.cmdline", "qemu.log", "serial.log", "state.json",
+                                                          "why.txt"]       # the evidence, never its keys
+        assert (new.path / "brought-up-by").read_text() == "itest-session"   # the same session takes it down
+        assert_bed_clean(new)
+    finally:
+        cur = state.load(b.name)
+        if cur is not None:
+            (cur.path / "brought-up-by").unlink(missing_ok=True)
 
 
 def test_leftovers_are_refused_then_swept_and_a_stray_vf_given_back(tmp_path, hx_target, bed):

@@ -146,6 +146,7 @@ def seed_runner(monkeypatch, tmp_path: Path, art: Path, log: list, steps=None, b
     monkeypatch.setattr(Runner, "_run_steps", steps or (lambda self: self.run.steps_log.append({"verdict": "passed"})))
     monkeypatch.setattr(runner_mod.diagnose, "daemon_state", lambda t: {})
     monkeypatch.setattr(cleanup, "on_vfio", lambda t, addrs: log.append(f"vfio check {addrs}") or [])
+    monkeypatch.setattr(cleanup, "_bed_alive", lambda bed: True)     # the fake bed has no VM to ask
     return r
 
 

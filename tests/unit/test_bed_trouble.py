@@ -1,0 +1,119 @@
+"""A bed that cannot be trusted any more (its VM died, its kernel stalled): how it is recognised, what is kept
+of it, and which beds the harness may replace (harness/bed/lifecycle.py, plugin.HarnessSession)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from harness.bed import lifecycle, qemu, template_store
+from harness.bed.image import Image
+from harness.bed.state import BedInfo
+from harness.plugin import HarnessSession
+
+STALL = ("[  568.394976] rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:\n"
+         "[  568.395001] rcu: \t(detected by 1, t=21002 jiffies, g=9005, q=12 ncpus=2)\n")
+
+
+def _bed(tmp_path: Path, pid: int) -> BedInfo:
+    d = tmp_path / "beds" / "b1"
+    d.mkdir(parents=True)
+    return BedInfo(name="b1", suite="trixie", via="qemu", dir=str(d), ssh_port=4022, pid=pid, accel="tcg")
+
+
+@pytest.fixture
+def qemu_like():
+    """A live process whose command line says qemu-system (what qemu.alive looks for)."""
+    p = subprocess.Popen(["bash", "-c", "exec -a qemu-system-x86_64 sleep 60"])
+    deadline = time.monotonic() + 10
+    while not qemu.alive(p.pid) and time.monotonic() < deadline:     # until it has exec'd
+        time.sleep(0.01)
+    yield p.pid
+    p.kill()
+    p.wait()
+
+
+@pytest.fixture
+def results(tmp_path, monkeypatch):
+    r = tmp_path / "results"
+    monkeypatch.setenv("HARNESS_RESULTS", str(r))
+    return r
+
+
+def test_a_well_bed_has_no_trouble(tmp_path, qemu_like):
+    bed = _bed(tmp_path, qemu_like)
+    bed.serial_log.write_text("[    1.0] Linux version 6.12\nhx-bed ready\n")
+    assert lifecycle.trouble(bed) == ""
+
+
+def test_a_stalled_kernel_is_trouble_and_quoted(tmp_path, qemu_like):
+    bed = _bed(tmp_path, qemu_like)
+    bed.serial_log.write_text("boot\n" + STALL)
+    why = lifecycle.trouble(bed)
+    assert "rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:" in why and str(bed.serial_log) in why
+
+
+def test_a_dead_vm_is_trouble_with_qemus_last_words(tmp_path):
+    p = subprocess.Popen(["true"])
+    p.wait()
+    bed = _bed(tmp_path, p.pid)
+    bed.qemu_log.write_text("qemu-system-x86_64: warning: nic hxpf0 has no peer\n"
+                            "qemu-system-x86_64: ../hw/net/igb_core.c:123: igb_x: Assertion `0' failed.\n")
+    why = lifecycle.trouble(bed)
+    assert why.startswith(f"its VM is gone (pid {p.pid} exited or was killed)"), why
+    assert why.endswith("; QEMU's last words: qemu-system-x86_64: ../hw/net/igb_core.c:123: igb_x: Assertion `0' "
+                        "failed."), why     # its start-up warnings are not last words
+
+
+def test_keep_logs_copies_the_evidence_and_never_the_keys_or_the_disk(tmp_path, results):
+    bed = _bed(tmp_path, 0)
+    for f in ("serial.log", "qemu.log", "qemu.cmdline", "state.json", "id_ed25519", "host_ed25519",
+              "overlay.qcow2"):
+        (bed.path / f).write_text(f)
+    kept = lifecycle.keep_logs(bed, "its kernel stalled")
+    assert kept is not None and kept.parent == results / "beds-lost" and kept.name.endswith("-b1")
+    assert sorted(os.listdir(kept)) == ["qemu.cmdline", "qemu.log", "serial.log", "state.json", "why.txt"]
+    assert (kept / "why.txt").read_text() == "its kernel stalled\n"
+
+
+def test_cleanup_of_a_dead_bed_keeps_its_logs_and_removes_its_folder(tmp_path, results):
+    p = subprocess.Popen(["true"])
+    p.wait()
+    bed = _bed(tmp_path, p.pid)
+    bed.serial_log.write_text(STALL)
+    done = lifecycle._cleanup(bed)
+    assert not bed.path.exists()
+    (kept,) = (results / "beds-lost").iterdir()
+    assert (kept / "serial.log").read_text() == STALL
+    assert any(line.startswith(f"kept its logs in {kept} (its VM is gone") for line in done), done
+
+
+def test_cleanup_of_a_well_bed_keeps_nothing(tmp_path, results, qemu_like, monkeypatch):
+    bed = _bed(tmp_path, qemu_like)
+    bed.serial_log.write_text("fine\n")
+    # the stand-in has no QMP socket: stopping it would wait out the 10 s grace of a real QEMU's 'quit'
+    monkeypatch.setattr(lifecycle.LAUNCHERS["qemu"], "down", lambda b: os.kill(b.pid, 9) or [])
+    lifecycle._cleanup(bed)
+    assert not bed.path.exists() and not (results / "beds-lost").exists()
+
+
+def test_qemus_log_is_not_hardware_so_older_templates_stay_valid(tmp_path):
+    img = Image(suite="trixie", key="trixie-0123456789ab", dir=tmp_path / "img")
+    bed = _bed(tmp_path, 0)
+    cmd = qemu.command(bed, img, qemu.overlay_path(bed))
+    assert cmd[cmd.index("-D") + 1] == str(bed.qemu_log)
+    without = [a for i, a in enumerate(cmd) if a != "-D" and cmd[i - 1] != "-D"]
+    assert template_store.hardware_args(cmd, bed.dir, "b1", 4022) == \
+        template_store.hardware_args(without, bed.dir, "b1", 4022)
+
+
+def test_only_beds_a_test_session_brought_up_are_replaced(tmp_path):
+    bed = _bed(tmp_path, 0)
+    assert not HarnessSession._disposable(bed)            # a person's bed: it may hold their libvirt
+    (bed.path / "brought-up-by").write_text("20261205T221700Z-abcdef")
+    assert HarnessSession._disposable(bed)
+    bed.via = "vagrant"
+    assert not HarnessSession._disposable(bed)
