@@ -19,7 +19,7 @@ LIMITS = (
     "that run QEMU for the bed, so a second worker mostly overlaps waiting (domain start/destroy, VF rebind, "
     "guest boot) rather than adding CPU; leases serialise scenarios that need the PF or 3+ VFs (4 VFs per bed). "
     "On a larger KVM host: VF count per bed (--vfs up to 7 per igb PF, or real NICs), bed vCPUs, and one bed "
-    "per worker (harness bed up --name ... per worker) are what to scale."
+    "per worker (harness run -n N does that; bench.catalog measures it) are what to scale."
 )
 
 

@@ -23,9 +23,11 @@ from harness import paths  # noqa: E402
 from harness.report import run as report  # noqa: E402
 
 
-def run_catalog(bed: str, k: str | None, workers: int) -> tuple[float, dict]:
+def run_catalog(bed: str, k: str | None, workers: int, extra: tuple[str, ...] = ()) -> tuple[float, dict]:
+    """The catalog (or -k) on `bed` (several: comma-separated, one per worker): wall seconds and the summary."""
     before = {h["run_dir"] for h in report.read_history(paths.results_dir())}
-    argv = [sys.executable, "-m", "pytest", "scenarios", "-q", "-p", "no:cacheprovider", "--bed", bed, "--no-bed-up"]
+    argv = [sys.executable, "-m", "pytest", "scenarios", "-q", "-p", "no:cacheprovider", "--bed", bed, "--no-bed-up",
+            *extra]
     if k:
         argv += ["-k", k]
     if workers > 1:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from pathlib import Path
 from harness import cli_args, paths
 from harness.bed import state, status
 from harness.errors import HarnessError
+from harness.progress import say
 from harness.report import html as html_report
 
 # Each command imports the modules only it needs (bed, engine, libvirt builds, diff, explore) when it runs:
@@ -128,28 +130,52 @@ def _pytest(argv: list[str]) -> int:
     return subprocess.call([sys.executable, "-m", "pytest", *argv], cwd=paths.REPO)
 
 
+def run_workers(workers, via: str, cpus: int | None = None, room: int | None = None) -> tuple[int, int]:
+    """(pytest-xdist workers, beds) for `harness run`. Each worker gets a bed of its own: on one shared bed a
+    scenario that restarts libvirt (restart-daemon, upgrade-libvirt) holds the bed alone and the other worker
+    waits. Default: one worker per core, at most 2; no more beds than the host's free memory holds (workers
+    beyond them share beds round robin). Vagrant: one bed."""
+    from harness.bed import lifecycle
+    cpus = cpus or os.cpu_count() or 1
+    n = min(2, cpus) if workers is None else cpus if workers in ("auto", "logical") else int(workers)
+    if via != "qemu":
+        return n, 1
+    room = lifecycle.room_for_beds() if room is None else room
+    return n, max(1, min(n, room))
+
+
 def cmd_run(args, extra: list[str]) -> int:
-    """The main job: build or reuse the bed, bring it up, run every scenario, write results."""
+    """The main job: build or reuse the bed(s), bring them up, run every scenario, write results."""
     from harness.bed import image, lifecycle
     image.build(args.suite)
-    existing = [b for b in state.all_beds() if b.suite == args.suite and b.via == args.via]
-    bed = lifecycle.up(suite=args.suite, via=args.via)
-    brought_up = not existing
+    workers, count = run_workers(args.workers, args.via)
+    names = lifecycle.worker_bed_names(args.suite, count) if args.via == "qemu" else \
+        [lifecycle.default_name(args.suite, args.via)]
+    beds, brought_up = [], []
     try:
-        argv = ["scenarios", "-p", "no:cacheprovider", "--bed", bed.name, "--no-bed-up", "-rfEs"]
+        for name in names:
+            existing = state.load(name)
+            beds.append(lifecycle.up(suite=args.suite, via=args.via, name=name))
+            if existing is None:
+                brought_up.append(name)
+        if count > 1:
+            say(f"{workers} workers, one bed each: {', '.join(names)}")
+        argv = ["scenarios", "-p", "no:cacheprovider", "--bed", ",".join(b.name for b in beds), "--no-bed-up",
+                "-rfEs"]
         if args.k:
             argv += ["-k", args.k]
         if args.m:
             argv += ["-m", args.m]
-        if args.workers:
-            argv += ["-n", str(args.workers)]
+        if workers > 1:     # longest first, handed out one at a time: the workers finish together
+            argv += ["-n", str(workers), "--maxschedchunk", "1", "--longest-first"]
         if args.retries:
             argv += ["--harness-retries", str(args.retries)]
         return _pytest(argv + extra)
     finally:
-        if brought_up and not args.keep_bed:
-            for line in lifecycle.down(bed.name):
-                print(f"bed {bed.name}: {line}")
+        if not args.keep_bed:
+            for name in brought_up:
+                for line in lifecycle.down(name):
+                    print(f"bed {name}: {line}")
 
 
 def cmd_lint(args, extra) -> int:
@@ -291,7 +317,9 @@ def parser() -> argparse.ArgumentParser:
     u.add_argument("--suite", default="trixie", type=cli_args.suite)
     u.add_argument("--via", choices=["qemu", "vagrant"], default="qemu")
     u.add_argument("--name", type=cli_args.bed_name)
-    u.add_argument("--memory", type=cli_args.int_in(512, 1 << 20), default=4096, help="MiB")
+    u.add_argument("--memory", type=cli_args.int_in(512, 1 << 20), default=state.MEMORY_MIB,
+                   help=f"MiB (above {state.LOW_MEMORY_MAX_MIB}, QEMU cannot reach the igb VFs' registers: "
+                        "see harness bed status)")
     u.add_argument("--cpus", type=cli_args.int_in(1, 1024), default=2)
     u.add_argument("--vfs", type=cli_args.int_in(1, 7), default=4, help="VFs per igb PF (1-7)")
     u.add_argument("--port", type=cli_args.int_in(1, 65535), help="host port for SSH on 127.0.0.1 (default: a free one)")
@@ -317,7 +345,8 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--via", choices=["qemu", "vagrant"], default="qemu")
     r.add_argument("-k", help="pytest -k expression")
     r.add_argument("-m", help="pytest -m expression (scenario tags)")
-    _run_options(r, workers_help="pytest-xdist workers")
+    _run_options(r, workers_help="pytest-xdist workers, each with a bed of its own (default: one per core, "
+                                 "at most 2; no more beds than free memory holds)")
     r.add_argument("--keep-bed", action="store_true")
     r.set_defaults(fn=cmd_run, takes_extra=True)
     li = sub.add_parser("lint", help="validate every scenario (offline; pytest --collect-only)")

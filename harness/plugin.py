@@ -33,7 +33,9 @@ SCENARIO_DIRS = ("scenarios",)
 
 def pytest_addoption(parser):
     g = parser.getgroup("harness", "libvirt alias harness")
-    g.addoption("--bed", dest="hx_bed", default=None, help="name of a running bed to use (harness bed status)")
+    g.addoption("--bed", dest="hx_bed", default=None,
+                help="name of a running bed to use (harness bed status); several, comma-separated: xdist worker "
+                     "gwN takes the N-th (round robin), so workers do not wait on each other's bed lock")
     g.addoption("--suite", dest="hx_suite", default=os.environ.get("HARNESS_SUITE", "trixie"),
                 help="suite of the bed to use or bring up (trixie, bookworm, sid)")
     g.addoption("--libvirt-uri", dest="hx_uri", default=None,
@@ -46,11 +48,24 @@ def pytest_addoption(parser):
                 help="remove leftovers of earlier runs (hx-* domains/networks) instead of refusing to run")
     g.addoption("--harness-retries", dest="hx_retries", type=int, default=0,
                 help="re-run a failed scenario up to N times; a pass on retry is reported as flaky")
+    g.addoption("--longest-first", dest="hx_longest_first", action="store_true",
+                help="run the scenarios expected to take longest first (engine/plan.py cost); with xdist's "
+                     "--maxschedchunk 1 the workers then finish together (harness run -n N does both)")
     g.addoption("--results-dir", dest="hx_results", default=None, help="where run folders go (default results/)")
 
 
 def _is_controller(config) -> bool:
     return not hasattr(config, "workerinput")
+
+
+def bed_for_worker(names: str | None, worker: str | None) -> str | None:
+    """The bed this process uses from --bed's comma-separated list: worker gwN takes the N-th, round robin
+    (the controller and a run without xdist take the first)."""
+    beds = [n for n in (names or "").split(",") if n]
+    if not beds:
+        return None
+    n = int(worker[2:]) if worker and worker.startswith("gw") and worker[2:].isdigit() else 0
+    return beds[n % len(beds)]
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -75,6 +90,15 @@ def pytest_collect_file(parent, file_path: Path):
                                                   or parent.session.isinitpath(file_path)):
         return ScenarioFile.from_parent(parent, path=file_path)
     return None
+
+
+def pytest_collection_modifyitems(config, items):
+    """--longest-first: scenarios by expected time, longest first (stable: the rest keep their order). Every
+    xdist worker sorts alike, so the collections still match."""
+    if not config.getoption("hx_longest_first"):
+        return
+    from harness.engine import plan
+    items.sort(key=lambda i: -plan.cost(i.scenario) if isinstance(i, ScenarioItem) else 0.0)
 
 
 @pytest.hookimpl(wrapper=True)
@@ -225,6 +249,7 @@ class ScenarioItem(pytest.Item):
             self.record.duration_s = round(time.monotonic() - t0, 3)
             self.record.libvirt_s = round(target.libvirt_seconds - lv0, 3)
             self.record.libvirt_version = target.libvirt_version
+            self.record.bed = target.bed.name if target.bed is not None else None
             self.record.phases = self.run_state.phases if self.run_state is not None else []
             hx.save_record(self.record)
 
@@ -307,7 +332,8 @@ class HarnessSession:
         else:
             with FileLock(str(paths.beds_dir() / f"session-{self.sid}.lock")):
                 suite = cfg.getoption("hx_suite")
-                name = cfg.getoption("hx_bed")
+                name = bed_for_worker(cfg.getoption("hx_bed"),
+                                      getattr(cfg, "workerinput", {}).get("workerid"))
                 try:
                     bed = lifecycle.find(name=name, suite=None if name else suite)
                 except HarnessError:

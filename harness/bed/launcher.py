@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.bed.image import Image
-from harness.bed.state import BedInfo
+from harness.bed.state import MEMORY_MIB, BedInfo
 from harness.errors import HarnessError
 from harness.progress import say
 
@@ -28,7 +28,7 @@ BOOT_TIMEOUT = 420.0
 @dataclass(frozen=True)
 class UpOptions:
     """What 'bed up' was asked for, beyond suite and name."""
-    memory_mib: int = 4096
+    memory_mib: int = MEMORY_MIB
     cpus: int = 2
     vfs: int = 4
     port: int | None = None          # QEMU: the host port SSH is forwarded from (None: a free one)

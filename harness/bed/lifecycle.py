@@ -42,6 +42,22 @@ def default_name(suite: str, via: str = "qemu") -> str:
     return suite if via == "qemu" else f"{suite}-{via}"
 
 
+def worker_bed_names(suite: str, count: int) -> list[str]:
+    """The beds of one `harness run` with `count` workers: the suite's default bed, then SUITE-w1, SUITE-w2..."""
+    return [default_name(suite)] + [f"{suite}-w{i}" for i in range(1, count)]
+
+
+def room_for_beds(memory_mib: int = state_mod.MEMORY_MIB, meminfo: str | None = None) -> int:
+    """How many more beds of `memory_mib` the host's available memory holds (QEMU's own ~0.5 GiB counted)."""
+    if meminfo is None:
+        try:
+            meminfo = Path("/proc/meminfo").read_text()
+        except OSError:
+            return 1
+    kb = next((int(line.split()[1]) for line in meminfo.splitlines() if line.startswith("MemAvailable:")), None)
+    return 1 if kb is None else max(0, (kb >> 10) // (memory_mib + 512))
+
+
 @contextlib.contextmanager
 def exclusive(name: str):
     """Only one 'bed up'/'bed down' per bed name at a time; a second one is refused, not queued."""
@@ -75,8 +91,8 @@ def _make_keys(d: Path) -> None:
                        check=True, capture_output=True, umask=0o077)
 
 
-def up(suite: str = "trixie", via: str = "qemu", name: str | None = None, memory_mib: int = 4096,
-       cpus: int = 2, vfs: int = 4, port: int | None = None, accel: str | None = None,
+def up(suite: str = "trixie", via: str = "qemu", name: str | None = None,
+       memory_mib: int = state_mod.MEMORY_MIB, cpus: int = 2, vfs: int = 4, port: int | None = None, accel: str | None = None,
        timeout: float = BOOT_TIMEOUT, cold: bool | None = None) -> BedInfo:
     """Bring a bed up (or reuse the running one) and wait until libvirtd answers. QEMU beds start from
     the template of their hardware if there is one; `cold` (or HX_BED_COLD=1) forces a cold boot."""
@@ -84,6 +100,10 @@ def up(suite: str = "trixie", via: str = "qemu", name: str | None = None, memory
     launcher = launcher_for(via)
     opts = UpOptions(memory_mib=memory_mib, cpus=cpus, vfs=vfs, port=port, accel=accel, timeout=timeout, cold=cold)
     launcher.check(opts)
+    if memory_mib > state_mod.LOW_MEMORY_MAX_MIB:
+        say(f"bed: {memory_mib} MiB of RAM reaches above 4 GiB, and with it the igb VFs' BARs, which QEMU then "
+            f"maps at the wrong address: VFs handed back to the bed cost ~2 s each and their registers are out of "
+            f"reach (<= {state_mod.LOW_MEMORY_MAX_MIB} MiB avoids it; harness bed status checks it)")
     name = name or default_name(suite, via)
     with exclusive(name):
         existing = state_mod.load(name)

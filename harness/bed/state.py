@@ -12,6 +12,16 @@ from pathlib import Path
 
 from harness import paths
 
+#: The bed's RAM. Why not more: QEMU (10.0) maps an igb VF's 64-bit BAR at the low 32 bits of its address
+#: only. Firmware (SeaBIOS) puts 64-bit BARs above 4 GiB as soon as the VM has RAM there, which a q35 VM
+#: of 2816 MiB or more has (RAM below 4 GiB stops at 2 GiB then). The VFs' registers were then out of
+#: reach: the bed's igbvf driver waited 2 x 1 s for the PF's mailbox on every VF libvirt handed back (each
+#: destroy or unplug of a VF), and a VF in a domain had no working registers. Up to 2815 MiB the whole RAM
+#: sits below 4 GiB and so do the BARs. `harness bed status` checks it ("VF BARs below 4 GiB").
+MEMORY_MIB = 2560
+#: The largest bed whose RAM q35 keeps below 4 GiB (0xb0000000 bytes and up are split at 2 GiB).
+LOW_MEMORY_MAX_MIB = 2815
+
 #: The files of a bed's folder that everything else reaches through BedInfo.
 BED_FILES = {"key_file": "id_ed25519", "known_hosts": "known_hosts", "ssh_config": "ssh_config",
              "ssh_wrapper": "ssh", "serial_log": "serial.log", "qemu_log": "qemu.log"}
@@ -31,7 +41,7 @@ class BedInfo:
     accel_reason: str = ""
     pid: int = 0                  # QEMU pid (qemu launcher)
     image_key: str = ""
-    memory_mib: int = 4096
+    memory_mib: int = MEMORY_MIB
     cpus: int = 2
     vfs: int = 4
     started: str = ""

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import testinfra
 
 from harness.bed.image import GUEST_DIR
-from harness.bed.state import BedInfo
+from harness.bed.state import LOW_MEMORY_MAX_MIB, BedInfo
 
 
 @dataclass
@@ -43,6 +43,10 @@ def checks(bed: BedInfo) -> list[Check]:
         add(f"PF {pf} link", up, "up" if up else "down", "up (needed to configure VFs)")
         n = host.file(f"/sys/class/net/{pf}/device/sriov_numvfs").content_string.strip()
         add(f"PF {pf} VFs", int(n) >= bed.vfs, n, f">= {bed.vfs}")
+        top = vf_bar_top(host.check_output(f"cat /sys/class/net/{pf}/device/virtfn*/resource 2>/dev/null || true"))
+        add(f"PF {pf} VF BARs below 4 GiB", top is not None and top < 1 << 32, "none" if top is None else hex(top),
+            f"< 0x100000000: QEMU maps a VF BAR above 4 GiB at the wrong address; bed RAM <= "
+            f"{LOW_MEMORY_MAX_MIB} MiB keeps it below (bed/state.py)")
     e1000e = host.check_output("lspci -n | grep -c 8086:10d3 || true")
     add("e1000e NICs", int(e1000e) >= 2, e1000e, ">= 2")
     svc = host.service("libvirtd")
@@ -59,6 +63,14 @@ def checks(bed: BedInfo) -> list[Check]:
     add("domain types", "qemu" in types, ",".join(types) or "none", "qemu (kvm when nested KVM works)")
     add("accelerator (bed VM)", True, f"{bed.accel}: {bed.accel_reason}", "-")
     return out
+
+
+def vf_bar_top(resource_files: str) -> int | None:
+    """The highest end address of any memory BAR in the VFs' sysfs `resource` files (None: no BAR).
+    Each line is 'start end flags' in hex; unused BARs are all zero."""
+    ends = [int(f[1], 16) for f in (line.split() for line in resource_files.splitlines())
+            if len(f) == 3 and int(f[1], 16) > 0 and int(f[2], 16) & 0x200]       # IORESOURCE_MEM
+    return max(ends) if ends else None
 
 
 def table(rows: list[Check]) -> str:

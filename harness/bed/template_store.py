@@ -28,7 +28,7 @@ from harness import paths
 from harness.bed import image as image_mod
 from harness.bed import qemu
 from harness.bed.image import Image
-from harness.bed.state import BedInfo
+from harness.bed.state import MEMORY_MIB, BedInfo
 from harness.errors import HarnessError
 from harness.progress import say
 
@@ -151,7 +151,7 @@ def key_for(bed: BedInfo, img: Image, cmd: list[str]) -> tuple[str, list[str], s
     return template_key(img.key, hw, qid, iid), hw, qid, iid
 
 
-def for_hardware(img: Image, memory_mib: int = 4096, cpus: int = 2, vfs: int = 4, accel: str = "tcg") -> Template:
+def for_hardware(img: Image, memory_mib: int = MEMORY_MIB, cpus: int = 2, vfs: int = 4, accel: str = "tcg") -> Template:
     """The template (ready or not) that a bed of these settings would use."""
     probe = BedInfo(name="hx-probe", suite=img.suite, via="qemu", dir=str(paths.beds_dir() / "hx-probe"),
                     ssh_port=1, memory_mib=memory_mib, cpus=cpus, vfs=vfs, accel=accel)

@@ -27,6 +27,22 @@ def all_devices(sc: Scenario) -> list[Device]:
     return devs
 
 
+#: Rough seconds per step on a TCG bed (./harness.sh run, 2026-12-05): only their order matters (cost()).
+STEP_SECONDS = {"upgrade-libvirt": 15.0, "restart-daemon": 4.0, "start": 2.5, "managedsave-start": 2.0,
+                "save-restore": 2.0, "destroy": 1.0}
+#: Booting the tiny guest (a scenario with `guest: true`), on top of its start step.
+GUEST_SECONDS = 20.0
+
+
+def cost(sc: Scenario) -> float:
+    """A scenario's expected time, for ordering a parallel run longest first: xdist then hands the long
+    ones out first, one at a time, and the short ones fill the gaps at the end instead of one worker
+    finishing an upgrade scenario alone while the other idles."""
+    def steps(ss: list[Step]) -> float:
+        return sum((s.times * steps(s.steps)) if s.steps else STEP_SECONDS.get(s.action, 0.3) for s in ss)
+    return 2.0 + steps(sc.steps) + (GUEST_SECONDS if sc.domain.guest else 0.0)
+
+
 def needs_bed_alone(sc: Scenario) -> bool:
     return any(s.action in BED_ALONE_STEPS for s in walk_steps(sc.steps))
 

@@ -208,7 +208,9 @@ def upgrade(bed, spec: dict, owner: str) -> dict:
         proof = restore(bed, keep_state=True)
     else:
         _backup(bed, b)
-        proof = install_mod.install(bed, b)["running"]
+        secs = install_mod.install(bed, b)
+        proof = secs["running"]
+        info["kept_in_bed"] = secs["kept_in_bed"]      # a whole build copied into this bed before
     info.update(before=before, after=proof.get("id"), verified=proof.get("verified"), original=st.get("id"),
                 version=b.version if b else None,
                 seconds={"resolve_build": round(t1 - t0, 1), "install": round(time.monotonic() - t1, 1)})

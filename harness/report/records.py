@@ -114,6 +114,7 @@ class ScenarioRecord:
     steps: list[StepRecord] = field(default_factory=list)
     libvirt_s: float | None = None
     libvirt_version: str | None = None
+    bed: str | None = None               # the bed it ran on (a run may have one per xdist worker)
     phases: list[dict] = field(default_factory=list)    # where the time went (engine/runner.py, phase)
     teardown_s: float | None = None      # a teardown overlapped with the next scenario, once it is done
 
@@ -131,6 +132,8 @@ class ScenarioRecord:
                "libvirt_s": self.libvirt_s, "libvirt_version": self.libvirt_version, "phases": self.phases}
         if self.teardown_s is not None:
             out["teardown_s"] = self.teardown_s
+        if self.bed is not None:
+            out["bed"] = self.bed
         return out
 
 

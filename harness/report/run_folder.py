@@ -21,6 +21,9 @@ from harness.progress import say
 from harness.report import run as report
 from harness.report.records import ScenarioRecord, as_json
 
+#: What every bed of one run must have alike (Target.meta()); the bed's name and URI may differ.
+SAME_SOFTWARE = ("libvirt", "qemu", "kernel", "suite", "accelerator", "domain_type")
+
 
 class RunFolder:
     """One session's side of its run folder. `work` is the folder for the session's own files (the beds dir)."""
@@ -40,12 +43,15 @@ class RunFolder:
         self.keep: set[Path] = set()          # session files the session's end must not remove (they hold verdicts)
 
     def claim(self, meta: dict) -> None:
-        """The first process to open the target names the run folder; xdist workers share it."""
+        """The first process to open the target names the run folder; xdist workers share it. A worker on
+        another bed (harness run -n 2: one bed each) joins only if its bed runs the same software: one run
+        folder speaks for one libvirt. The beds are listed in the meta's "beds"."""
         with FileLock(str(self.note) + ".lock"):
             if self.note.exists():
                 self.path = Path(self.note.read_text())
+                self._join(meta)
                 return
-            meta = dict(meta, started=self.sid.split("-")[0])
+            meta = dict(meta, started=self.sid.split("-")[0], beds=[meta.get("bed")] if meta.get("bed") else [])
             try:
                 self.path = report.make_run_dir(self.root, meta)
             except OSError as e:
@@ -54,6 +60,22 @@ class RunFolder:
             self.meta = meta
             self.put("meta.json", json.dumps(report.redact_tree(meta)))
             self.note.write_text(str(self.path))
+
+    def _join(self, meta: dict) -> None:
+        """Another worker's target: the same software as the run's, its bed added to the run's beds."""
+        if not meta.get("bed"):
+            return
+        run = self._run_meta(self.path)
+        differ = [f"{k} {run.get(k)} on bed {run.get('bed')} but {meta.get(k)} on bed {meta['bed']}"
+                  for k in SAME_SOFTWARE if run.get(k) != meta.get(k)]
+        if differ:
+            raise HarnessError("the run's beds do not run the same software: " + "; ".join(differ),
+                               hint="give every bed of one run the same libvirt build (harness bed status), or "
+                                    "run one bed (harness run -n 1)")
+        beds = list(run.get("beds") or [])
+        if meta["bed"] not in beds:
+            self.meta = dict(run, beds=beds + [meta["bed"]])
+            self.put("meta.json", json.dumps(report.redact_tree(self.meta)))
 
     def save(self, record: ScenarioRecord | dict) -> None:
         """One scenario's record (its verdict), on disk at once: xdist workers hand theirs over this way.

@@ -54,7 +54,7 @@ def vagrant_bed():
     t0 = time.monotonic()
     try:
         # Through the lead's dispatcher, as `harness bed up --via vagrant` does it.
-        bed = lifecycle.up(suite="trixie", via="vagrant", name=BED_NAME, memory_mib=4096, cpus=2, vfs=4,
+        bed = lifecycle.up(suite="trixie", via="vagrant", name=BED_NAME, cpus=2, vfs=4,
                            timeout=900)
     except BaseException:
         if state_mod.load(BED_NAME):

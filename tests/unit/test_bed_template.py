@@ -72,12 +72,12 @@ def test_another_image_is_other_hardware(tmp_path):
 def test_only_the_hostfwd_port_and_the_name_value_are_placeholders(tmp_path):
     img = _img(tmp_path)
     # port equal to the memory size, name equal to a word of the kernel command line
-    bed = _bed(tmp_path, "root", 4096)
+    bed = _bed(tmp_path, "root", 4096, memory_mib=4096)
     hw = _hw(bed, img)
     assert hw[hw.index("-m") + 1] == "4096"
     assert "root=LABEL=hx-bed-root" in hw[hw.index("-append") + 1]
     assert hw[hw.index("-name") + 1] == "hx-bed-{NAME}"
-    assert _hw(_bed(tmp_path, "x", 4096), img) == hw
+    assert _hw(_bed(tmp_path, "x", 4096, memory_mib=4096), img) == hw
 
 
 def test_the_command_line_has_vmgenid_so_restored_guests_reseed(tmp_path):
