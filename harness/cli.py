@@ -157,7 +157,8 @@ def cmd_run(args, extra: list[str]) -> int:
             existing = state.load(name)
             beds.append(lifecycle.up(suite=args.suite, via=args.via, name=name))
             if existing is None:
-                brought_up.append(name)
+                brought_up.append(name)     # disposable: a bed that dies or stalls is replaced (engine/heal.py)
+                (beds[-1].path / "brought-up-by").write_text(f"harness run (pid {os.getpid()})")
         if count > 1:
             say(f"{workers} workers, one bed each: {', '.join(names)}")
         argv = ["scenarios", "-p", "no:cacheprovider", "--bed", ",".join(b.name for b in beds), "--no-bed-up",

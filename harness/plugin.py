@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -203,8 +202,8 @@ class ScenarioItem(pytest.Item):
         retries = self.config.getoption("hx_retries")
         try:
             for attempt in range(retries + 1):
-                if attempt:       # a bed that died or stalled under the last attempt is replaced first
-                    hx.heal(probe_ssh=self.record.verdict == "error")
+                # A bed that died or stalled (under the last attempt, or an earlier scenario) is replaced first.
+                hx.heal(probe_ssh=attempt > 0 and self.record.verdict == "error")
                 self.record.attempts = attempt + 1
                 art = hx.run_dir / art_rel
                 shutil.rmtree(art, ignore_errors=True)
@@ -324,7 +323,7 @@ class HarnessSession:
 
     def _open(self):
         from harness.bed import lifecycle
-        from harness.engine import session
+        from harness.engine import heal, session
         cfg = self.config
         uri = cfg.getoption("hx_uri")
         if uri:
@@ -343,7 +342,7 @@ class HarnessSession:
                     (bed.path / "brought-up-by").write_text(self.sid)
                 bed = state.load(bed.name) or bed
                 why = lifecycle.trouble(bed)
-                if why and self._disposable(bed):
+                if why and heal.disposable(bed):
                     bed = lifecycle.replace(bed, why)
                 elif why:
                     raise HarnessError(f"the bed {bed.name} cannot be trusted: {why}",
@@ -353,47 +352,11 @@ class HarnessSession:
         self._claim_run_dir(t.meta())
         return t
 
-    @staticmethod
-    def _disposable(bed) -> bool:
-        """A bed a test session brought up from its template (it says so in brought-up-by): replacing it loses
-        nothing. A bed a person brought up may hold a libvirt they installed: never replaced."""
-        return bed.via == "qemu" and (bed.path / "brought-up-by").exists()
-
     def heal(self, probe_ssh: bool) -> None:
-        """Before a retry: replace a disposable bed that died, whose kernel stalled (an RCU stall under TCG
-        leaves a bed that answers nothing) or, after an infrastructure error, that does not answer SSH, so that
-        the retry means something. Other workers' scenarios on the broken bed end first (the bed's write lock);
-        a worker that comes second finds the bed replaced and only points its target at it."""
-        from filelock import ReadWriteLock
-
-        from harness.bed import lifecycle
-        from harness.engine import session
-        t = self._target
-        if t is None or t.bed is None:
-            return
-        why = lifecycle.trouble(t.bed)
-        if not why and probe_ssh:
-            try:
-                answered = t.bed.ssh("true", timeout=20).returncode == 0
-            except subprocess.TimeoutExpired:
-                answered = False
-            why = "" if answered else "it does not answer SSH within 20 s"
-        if not why:
-            return
-        if not self._disposable(t.bed):
-            say(f"bed {t.bed.name}: {why}; not replaced (a person brought it up: it may hold a libvirt they "
-                "installed); the retry runs on it as it is", warn=True)
-            return
-        if t.reaper is not None:
-            t.reaper.drain()      # this worker's teardowns hold read locks on the bed
-        if t.lock_dir.exists():
-            with ReadWriteLock(str(t.lock_dir / "bed.rwlock"), is_singleton=False).write_lock():
-                new = lifecycle.replace(t.bed, why)
-        else:                     # another worker replaced it already (the folder went with the old bed)
-            new = lifecycle.replace(t.bed, why)
-        session.rebind(t, new)
-        say(f"bed {new.name}: the retry runs on a fresh bed (QEMU pid {new.pid}); the old bed's logs are in "
-            f"{paths.results_dir() / 'beds-lost'}")
+        """Before a retry: replace the session's bed if it died or stalled (engine/heal.py)."""
+        from harness.engine import heal
+        if self._target is not None:
+            heal.heal(self._target, probe_ssh)
 
     def _claim_run_dir(self, meta: dict) -> None:
         self.results.claim(meta)

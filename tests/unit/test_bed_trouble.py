@@ -12,7 +12,7 @@ import pytest
 from harness.bed import lifecycle, qemu, template_store
 from harness.bed.image import Image
 from harness.bed.state import BedInfo
-from harness.plugin import HarnessSession
+from harness.engine import heal
 
 STALL = ("[  568.394976] rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:\n"
          "[  568.395001] rcu: \t(detected by 1, t=21002 jiffies, g=9005, q=12 ncpus=2)\n")
@@ -112,8 +112,8 @@ def test_qemus_log_is_not_hardware_so_older_templates_stay_valid(tmp_path):
 
 def test_only_beds_a_test_session_brought_up_are_replaced(tmp_path):
     bed = _bed(tmp_path, 0)
-    assert not HarnessSession._disposable(bed)            # a person's bed: it may hold their libvirt
+    assert not heal.disposable(bed)            # a person's bed: it may hold their libvirt
     (bed.path / "brought-up-by").write_text("20261205T221700Z-abcdef")
-    assert HarnessSession._disposable(bed)
+    assert heal.disposable(bed)
     bed.via = "vagrant"
-    assert not HarnessSession._disposable(bed)
+    assert not heal.disposable(bed)

@@ -1,0 +1,61 @@
+"""Replacing a bed that cannot be trusted any more, under a running target, so that a retry means something.
+
+Why: TCG beds on 2-core machines now and then lose a timer interrupt; the bed's kernel then prints an RCU stall
+on its console and answers nothing more. A retry on that bed only fails again. A bed a test session brought up
+came from its template, so a fresh one of the same hardware (3-5 s) loses nothing; a bed a person brought up may
+hold a libvirt they installed, and is never replaced.
+"""
+from __future__ import annotations
+
+import subprocess
+
+from filelock import ReadWriteLock
+
+from harness import paths
+from harness.bed import lifecycle
+from harness.bed.state import BedInfo
+from harness.engine import session
+from harness.progress import say
+
+
+def disposable(bed: BedInfo) -> bool:
+    """A QEMU bed a test session brought up (from its template; it says so in brought-up-by)."""
+    return bed.via == "qemu" and (bed.path / "brought-up-by").exists()
+
+
+def why_broken(bed: BedInfo, probe_ssh: bool) -> str:
+    """'' or why the bed cannot be trusted: its VM is gone, its kernel complained, or (probe_ssh, asked after an
+    infrastructure error) it does not answer SSH within 20 s."""
+    why = lifecycle.trouble(bed)
+    if why or not probe_ssh:
+        return why
+    try:
+        answered = bed.ssh("true", timeout=20).returncode == 0
+    except subprocess.TimeoutExpired:
+        answered = False
+    return "" if answered else "it does not answer SSH within 20 s"
+
+
+def heal(t: session.Target, probe_ssh: bool) -> None:
+    """Replace the target's bed if it is broken and disposable, and point the target at the new one. Other
+    workers' scenarios on the broken bed end first (the bed's write lock); a worker that comes second finds the
+    bed replaced already and only points its target at it."""
+    if t.bed is None:
+        return
+    why = why_broken(t.bed, probe_ssh)
+    if not why:
+        return
+    if not disposable(t.bed):
+        say(f"bed {t.bed.name}: {why}; not replaced (a person brought it up: it may hold a libvirt they "
+            "installed); the retry runs on it as it is", warn=True)
+        return
+    if t.reaper is not None:
+        t.reaper.drain()          # this worker's teardowns hold read locks on the bed
+    if t.lock_dir.exists():
+        with ReadWriteLock(str(t.lock_dir / "bed.rwlock"), is_singleton=False).write_lock():
+            new = lifecycle.replace(t.bed, why)
+    else:                         # another worker replaced it already (the folder went with the old bed)
+        new = lifecycle.replace(t.bed, why)
+    session.rebind(t, new)
+    say(f"bed {new.name}: the retry runs on a fresh bed (QEMU pid {new.pid}); the old bed's logs are in "
+        f"{paths.results_dir() / 'beds-lost'}")
