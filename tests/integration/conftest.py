@@ -33,7 +33,8 @@ def _answers(bed) -> bool:
 
 
 def _bed_used(item) -> str | None:
-    """'spare', 'session' (the bed the scenarios use) or None: the bed a test runs on, if it may be re-run."""
+    """'spare', 'session' (the bed the scenarios use) or None: the bed a test runs on, if it may be re-run.
+    A re-run gets the fresh bed only through fixtures that ask for it per test: no module-scoped bed fixtures."""
     if not isinstance(item, pytest.Function) or item.name in NO_RERUN:
         return None
     names = item.fixturenames
@@ -70,11 +71,13 @@ def pytest_runtest_call(item):
         if not why:
             raise
         msg = f"the {which} bed failed under this test: {why}"
-        if which == "session":         # replaced now: the re-run, and every test after it, finds a fresh bed
-            try:
+        try:       # replaced now: the re-run, and every test after it, finds a fresh bed
+            if which == "session":
                 item.config._hx.heal(probe_ssh=False)
-            except Exception as h:
-                msg += f"; replacing it failed: {h}"
+            else:
+                lifecycle.replace(state.load(SPARE), why)
+        except Exception as h:
+            msg += f"; replacing it failed: {h}"
         raise BedFault(msg) from e
 
 

@@ -30,7 +30,7 @@ A, B = "A-hostdev-alias-breaks-net-hotplug", "B-pool-interface-named-net"
 INDEX_ERROR = "Unable to determine device index for network device"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def bed(mutant_bed):
     """HX_EXPLORE_BED, or the session's spare bed (conftest.mutant_bed)."""
     return mutant_bed("HX_EXPLORE_BED")

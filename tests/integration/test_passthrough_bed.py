@@ -24,7 +24,7 @@ REMOTE_DIR = "/tmp/hx-passthrough"
 REMOTE = f"{REMOTE_DIR}/passthrough.py"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def bed(hx_target):
     b = hx_target.bed
     if b is None:
