@@ -7,6 +7,7 @@ the upgrade / tiny-guest / other split. `--one-bed` puts both workers on the fir
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -41,7 +42,9 @@ def main() -> None:
     brought = [n for n in names if state.load(n) is None]
     try:
         for n in names:
-            lifecycle.up(suite=a.suite, name=n)
+            b = lifecycle.up(suite=a.suite, name=n)
+            if n in brought:     # as harness run's: a bed that dies or stalls is replaced (engine/heal.py)
+                lifecycle.mark_disposable(b, f"bench.catalog (pid {os.getpid()})")
         runs = []
         for i in range(a.runs):
             wall, s = run_catalog(",".join(names), None, a.workers, ("--maxschedchunk", "1", "--longest-first"))

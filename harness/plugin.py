@@ -6,6 +6,7 @@ takes down again. Results land in results/<date>_<suite>_<libvirt>/ when the ses
 """
 from __future__ import annotations
 
+import itertools
 import os
 import secrets
 import shutil
@@ -199,9 +200,9 @@ class ScenarioItem(pytest.Item):
             target.reaper.collect()       # report the teardowns of earlier scenarios that have finished
         t0 = time.monotonic()
         lv0 = target.libvirt_seconds
-        retries = self.config.getoption("hx_retries")
+        attempts = self.config.getoption("hx_retries") + 1
         try:
-            for attempt in range(retries + 1):
+            for attempt in itertools.count():
                 # A bed that died or stalled (under the last attempt, or an earlier scenario) is replaced first.
                 hx.heal(probe_ssh=attempt > 0 and self.record.verdict == "error")
                 self.record.attempts = attempt + 1
@@ -223,7 +224,7 @@ class ScenarioItem(pytest.Item):
                     self.record.steps = StepRecord.from_log(run.steps_log)
                     self.record.verdict = "failed"
                     self.record.failure = StepFailed.of(e, sc, str(art))
-                    if attempt == retries:
+                    if attempt + 1 >= attempts:
                         raise
                 except (HarnessError, libvirt.libvirtError) as e:   # infrastructure (a dropped connection,
                     # a stuck domain): also retried; the next attempt reconnects first
@@ -233,8 +234,14 @@ class ScenarioItem(pytest.Item):
                     left = "".join(f"\n  {p}" for p in run.cleanup_problems)
                     self.record.failure = Failure(message=f"{sc.file}: {where}{e}{left}", check="infrastructure",
                                                   artefacts=str(art))
-                    if attempt == retries:
-                        raise
+                    if attempt + 1 >= attempts:
+                        # The bed failed under it (its QEMU died, its kernel stalled): the attempt said nothing
+                        # about libvirt, so one more runs on the fresh bed that replaced it, retries or not.
+                        why = "" if self.record.bed_replaced else hx.heal(probe_ssh=True)
+                        if not why:
+                            raise
+                        self.record.bed_replaced.append(why)
+                        attempts += 1
                 except KeyboardInterrupt:
                     self.record.steps = StepRecord.from_log(run.steps_log)
                     self.record.verdict = "error"
@@ -339,7 +346,7 @@ class HarnessSession:
                     if cfg.getoption("hx_no_up") or name:
                         raise
                     bed = lifecycle.up(suite=suite)
-                    (bed.path / "brought-up-by").write_text(self.sid)
+                    lifecycle.mark_disposable(bed, self.sid)
                 bed = state.load(bed.name) or bed
                 why = lifecycle.trouble(bed)
                 if why and heal.disposable(bed):
@@ -352,11 +359,10 @@ class HarnessSession:
         self._claim_run_dir(t.meta())
         return t
 
-    def heal(self, probe_ssh: bool) -> None:
-        """Before a retry: replace the session's bed if it died or stalled (engine/heal.py)."""
+    def heal(self, probe_ssh: bool) -> str:
+        """Replace the session's bed if it died or stalled (engine/heal.py); why, if it was replaced."""
         from harness.engine import heal
-        if self._target is not None:
-            heal.heal(self._target, probe_ssh)
+        return heal.heal(self._target, probe_ssh) if self._target is not None else ""
 
     def _claim_run_dir(self, meta: dict) -> None:
         self.results.claim(meta)

@@ -197,6 +197,12 @@ def down(name: str) -> list[str]:
         return _cleanup(bed)
 
 
+def mark_disposable(bed: BedInfo, by: str) -> None:
+    """Say that `by` (a test session, `harness run`, a benchmark) brought this bed up from its template: it may be
+    replaced when it dies or stalls (engine/heal.py), and `by` takes it down. A bed without it is a person's."""
+    (bed.path / "brought-up-by").write_text(by)
+
+
 def replace(bed: BedInfo, why: str, timeout: float = BOOT_TIMEOUT) -> BedInfo:
     """A fresh bed of the same name, suite and hardware in place of one that cannot be trusted any more
     (`why`: trouble() or an SSH probe that timed out); its logs are kept (keep_logs). If another process
@@ -220,7 +226,7 @@ def replace(bed: BedInfo, why: str, timeout: float = BOOT_TIMEOUT) -> BedInfo:
                  vfs=bed.vfs, accel=bed.accel if bed.accel_reason.startswith("forced") else None,
                  timeout=timeout)
         if owner:        # the session that brought the old bed up takes this one down at its end
-            (new.path / "brought-up-by").write_text(owner)
+            mark_disposable(new, owner)
         return new
 
 

@@ -36,19 +36,20 @@ def why_broken(bed: BedInfo, probe_ssh: bool) -> str:
     return "" if answered else "it does not answer SSH within 20 s"
 
 
-def heal(t: session.Target, probe_ssh: bool) -> None:
-    """Replace the target's bed if it is broken and disposable, and point the target at the new one. Other
+def heal(t: session.Target, probe_ssh: bool) -> str:
+    """Replace the target's bed if it is broken and disposable, and point the target at the new one; returns
+    why it was replaced ('' if it was not). Other
     workers' scenarios on the broken bed end first (the bed's write lock); a worker that comes second finds the
     bed replaced already and only points its target at it."""
     if t.bed is None or (t.bed.via != "qemu" and not probe_ssh):    # asked before every scenario: kept cheap
-        return
+        return ""
     why = why_broken(t.bed, probe_ssh)
     if not why:
-        return
+        return ""
     if not disposable(t.bed):
         say(f"bed {t.bed.name}: {why}; not replaced (a person brought it up: it may hold a libvirt they "
-            "installed); the retry runs on it as it is", warn=True)
-        return
+            "installed)", warn=True)
+        return ""
     if t.reaper is not None:
         t.reaper.drain()          # this worker's teardowns hold read locks on the bed
     if t.lock_dir.exists():
@@ -57,5 +58,6 @@ def heal(t: session.Target, probe_ssh: bool) -> None:
     else:                         # another worker replaced it already (the folder went with the old bed)
         new = lifecycle.replace(t.bed, why)
     session.rebind(t, new)
-    say(f"bed {new.name}: the retry runs on a fresh bed (QEMU pid {new.pid}); the old bed's logs are in "
+    say(f"bed {new.name}: the next attempt runs on a fresh bed (QEMU pid {new.pid}); the old bed's logs are in "
         f"{paths.results_dir() / 'beds-lost'}")
+    return why

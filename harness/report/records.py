@@ -117,6 +117,7 @@ class ScenarioRecord:
     bed: str | None = None               # the bed it ran on (a run may have one per xdist worker)
     phases: list[dict] = field(default_factory=list)    # where the time went (engine/runner.py, phase)
     teardown_s: float | None = None      # a teardown overlapped with the next scenario, once it is done
+    bed_replaced: list[str] = field(default_factory=list)   # why a bed that failed under an attempt was replaced
 
     @classmethod
     def start(cls, sc, nodeid: str, artefacts: str) -> ScenarioRecord:
@@ -134,6 +135,8 @@ class ScenarioRecord:
             out["teardown_s"] = self.teardown_s
         if self.bed is not None:
             out["bed"] = self.bed
+        if self.bed_replaced:
+            out["bed_replaced"] = self.bed_replaced
         return out
 
 
