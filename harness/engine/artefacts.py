@@ -53,6 +53,11 @@ def write_step(run: RunState, i: int, step: Step, s: oracle.Snapshot) -> None:
 def collect_logs(run: RunState) -> None:
     if run.t.bed is None:
         return
+    from harness.engine.session import bed_trouble
+    failed = bed_trouble(run.t)
+    if failed:       # a stalled bed answers no SSH: its console (kept with it, results/beds-lost/) says why
+        write(run, "logs-error.txt", f"not collected: the bed failed: {failed}\n")
+        return
     try:
         p = run.t.ssh(f"cat {shlex.quote(run.qemu_log)} 2>/dev/null; "
                       f"echo; echo '--- console ---'; cat {shlex.quote(run.console_log)} 2>/dev/null", timeout=30)

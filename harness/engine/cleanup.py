@@ -24,10 +24,10 @@ from harness.libvirt_build import upgrade
 from harness.progress import say
 
 
-def _bed_alive(bed) -> bool:
-    # imported here: the engine's modules load without the bed's launchers
-    from harness.bed import lifecycle
-    return lifecycle.alive(bed)
+def _bed_failed(t: Target) -> str:
+    """Why the bed cannot be asked any more (its VM is gone, its kernel stalled), or ''."""
+    from harness.engine.session import bed_trouble
+    return bed_trouble(t)
 
 
 def cleanup(run: RunState, t: Target | None = None) -> None:
@@ -37,8 +37,9 @@ def cleanup(run: RunState, t: Target | None = None) -> None:
     c = t.conn
     problems = []
     try:
-        if t.bed is not None and not _bed_alive(t.bed):    # nothing will answer: do not wait 90 s to learn it
-            raise HarnessError(f"the bed VM {t.bed.name} is gone")
+        failed = _bed_failed(t)
+        if failed:             # nothing will answer: do not wait on every call's timeout to learn it
+            raise HarnessError(f"the bed {t.bed.name} failed: {failed}")
         c.ensure(reconnect_timeout=90)     # a libvirtd restart in a TCG bed can take 30 s and more
     except HarnessError as e:
         run.cleanup_problems = [f"cleanup deferred, the bed does not answer ({e.message}): the next session "

@@ -12,6 +12,7 @@ import queue
 import signal
 import threading
 import time
+from collections.abc import Callable
 
 import libvirt
 import libvirt_qemu
@@ -28,6 +29,8 @@ _loop_lock = threading.Lock()
 #: (WAIT_SLICE) so a pending signal is acted on within a second anyway.
 _MAIN_ONLY = {signal.SIGINT, signal.SIGTERM}
 WAIT_SLICE = 1.0
+#: how often a libvirt call that has not returned asks whether its bed is still there (Conn.abandon_if)
+ABANDON_EVERY = 5.0
 
 
 def _block_signals() -> None:
@@ -125,6 +128,9 @@ class Conn:
         self.seconds = 0.0            # wall time spent inside libvirt calls (for benchmarks)
         self.virconn: libvirt.virConnect | None = None
         self.closed: str | None = None   # why libvirt closed the connection (set by its close callback)
+        #: asked every ABANDON_EVERY s of a call still running: a non-empty answer (the bed's kernel stalled, its
+        #: VM is gone) ends the wait at once, instead of after the call's whole timeout
+        self.abandon_if: Callable[[], str] | None = None
         _ensure_event_loop()
         libvirt.registerErrorHandler(_silence, None)
         self.connect()
@@ -189,18 +195,30 @@ class Conn:
         fut = self._pool.submit(fn, *args)
         t0 = time.monotonic()
         deadline = t0 + (timeout or self.call_timeout)
+        why = ""
+        next_ask = t0 + ABANDON_EVERY
         try:
             while True:     # in slices: see WAIT_SLICE
                 try:
                     return fut.result(timeout=max(0.0, min(WAIT_SLICE, deadline - time.monotonic())))
                 except concurrent.futures.TimeoutError:
-                    if time.monotonic() >= deadline:
+                    now = time.monotonic()
+                    if now >= deadline:
                         raise
+                    if self.abandon_if is not None and now >= next_ask:
+                        next_ask = now + ABANDON_EVERY
+                        why = self.abandon_if()
+                        if why:
+                            raise
         except concurrent.futures.TimeoutError:
             # The worker thread stays blocked in libvirt; give later calls a fresh one.
             self._pool.shutdown(wait=False)
             self._pool = _call_pool()
-            raise LibvirtTimeout(f"libvirt call {getattr(fn, '__name__', fn)} did not return within "
+            name = getattr(fn, '__name__', fn)
+            if why:
+                raise LibvirtTimeout(f"libvirt call {name} abandoned after {time.monotonic() - t0:.0f} s: {why}",
+                                     hint="the bed failed, not libvirt: see its serial log") from None
+            raise LibvirtTimeout(f"libvirt call {name} did not return within "
                                  f"{timeout or self.call_timeout:.0f} s",
                                  hint="the bed or libvirtd may be stuck; see the bed's serial log") from None
         finally:

@@ -98,10 +98,21 @@ def open_target(uri: str | None = None, bed: BedInfo | None = None) -> Target:
     else:
         lock_dir = paths.cache_dir() / "leases" / re.sub(r"[^A-Za-z0-9]+", "_", uri.split("?")[0])
     lock_dir.mkdir(parents=True, exist_ok=True)
-    return Target(uri=uri, bed=bed, conn=conn, libvirt_version=lv, qemu_version=qv, kernel=kernel,
-                  suite=bed.suite if bed else "custom", accelerator=bed.accel if bed else "?",
-                  kvm_available=kvm, nics=nics, lock_dir=lock_dir,
-                  worker=os.environ.get("PYTEST_XDIST_WORKER", "gw0"))
+    t = Target(uri=uri, bed=bed, conn=conn, libvirt_version=lv, qemu_version=qv, kernel=kernel,
+               suite=bed.suite if bed else "custom", accelerator=bed.accel if bed else "?",
+               kvm_available=kvm, nics=nics, lock_dir=lock_dir,
+               worker=os.environ.get("PYTEST_XDIST_WORKER", "gw0"))
+    conn.abandon_if = lambda: bed_trouble(t)
+    return t
+
+
+def bed_trouble(t: Target) -> str:
+    """'' or why the target's bed failed (its VM is gone, its kernel complained): a libvirt call or a cleanup
+    waiting on it then stops waiting (Conn.abandon_if), a stalled bed answers nothing more."""
+    if t.bed is None:
+        return ""
+    from harness.bed import lifecycle  # here: the engine loads without the bed's launchers
+    return lifecycle.trouble(t.bed)
 
 
 def rebind(t: Target, bed: BedInfo) -> None:

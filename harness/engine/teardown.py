@@ -59,6 +59,7 @@ class Reaper:
             if self._view is None:
                 self._view = dataclasses.replace(self.t, conn=Conn(self.t.uri), ssh_seconds=0.0,
                                                  shared_networks=None, reaper=None)
+                self._view.conn.abandon_if = self.t.conn.abandon_if
             return self._view
 
     def submit(self, scenario: str, fn: Callable[[Callable[[], object]], None],

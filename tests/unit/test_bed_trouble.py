@@ -117,3 +117,22 @@ def test_only_beds_a_test_session_brought_up_are_replaced(tmp_path):
     assert heal.disposable(bed)
     bed.via = "vagrant"
     assert not heal.disposable(bed)
+
+
+def test_a_libvirt_call_on_a_failed_bed_is_abandoned_without_waiting_out_its_timeout(monkeypatch):
+    from harness.engine import conn as conn_mod
+    monkeypatch.setattr(conn_mod, "ABANDON_EVERY", 0.2)
+    monkeypatch.setattr(conn_mod.Conn, "connect", lambda self, timeout=60.0: None)   # the bounded wait alone
+    c = conn_mod.Conn("qemu+ssh://root@127.0.0.1:1/system")
+    try:
+        answers = iter(["", "the bed's kernel reports trouble: 'rcu: INFO: rcu_preempt detected stalls'"])
+        c.abandon_if = lambda: next(answers, "")
+        t0 = time.monotonic()
+        with pytest.raises(conn_mod.LibvirtTimeout, match=r"libvirt call sleep abandoned after \d+ s: the bed's "
+                                                           r"kernel reports trouble"):
+            c.call(time.sleep, 30, timeout=60)
+        assert time.monotonic() - t0 < 5
+        c.abandon_if = lambda: ""          # a well bed: the call runs to its end
+        assert c.call(time.sleep, 0.5) is None
+    finally:
+        c.close()

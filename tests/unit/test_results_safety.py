@@ -18,6 +18,7 @@ import pytest
 from harness import paths
 from harness.engine import artefacts, cleanup
 from harness.engine import runner as runner_mod
+from harness.engine import session as session_mod
 from harness.engine.journal import Journal
 from harness.engine.run_state import RunState, StepFailure
 from harness.engine.runner import Runner
@@ -121,6 +122,12 @@ class FakeConn:
         return fn(*a)
 
 
+@pytest.fixture(autouse=True)
+def fake_bed_is_well(monkeypatch):
+    """The fake bed has no VM or console to ask whether it failed (session.bed_trouble)."""
+    monkeypatch.setattr(session_mod, "bed_trouble", lambda t: "")
+
+
 def fake_target(tmp_path: Path, log: list, big_log: str):
     bed = SimpleNamespace(name="fake", ssh=lambda cmd, timeout=60: SimpleNamespace(stdout=big_log, stderr="",
                                                                                       returncode=0))
@@ -146,7 +153,6 @@ def seed_runner(monkeypatch, tmp_path: Path, art: Path, log: list, steps=None, b
     monkeypatch.setattr(Runner, "_run_steps", steps or (lambda self: self.run.steps_log.append({"verdict": "passed"})))
     monkeypatch.setattr(runner_mod.diagnose, "daemon_state", lambda t: {})
     monkeypatch.setattr(cleanup, "on_vfio", lambda t, addrs: log.append(f"vfio check {addrs}") or [])
-    monkeypatch.setattr(cleanup, "_bed_alive", lambda bed: True)     # the fake bed has no VM to ask
     return r
 
 
