@@ -44,7 +44,8 @@ def main() -> None:
         for n in names:
             b = lifecycle.up(suite=a.suite, name=n)
             if n in brought:     # as harness run's: a bed that dies or stalls is replaced (engine/heal.py)
-                lifecycle.mark_disposable(b, f"bench.catalog (pid {os.getpid()})")
+                os.environ["HX_BED_OWNER"] = f"bench.catalog (pid {os.getpid()})"
+                lifecycle.mark_disposable(b, os.environ["HX_BED_OWNER"])
         runs = []
         for i in range(a.runs):
             wall, s = run_catalog(",".join(names), None, a.workers, ("--maxschedchunk", "1", "--longest-first"))

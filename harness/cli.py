@@ -158,7 +158,9 @@ def cmd_run(args, extra: list[str]) -> int:
             beds.append(lifecycle.up(suite=args.suite, via=args.via, name=name))
             if existing is None:
                 brought_up.append(name)     # disposable: a bed that dies or stalls is replaced (engine/heal.py)
-                lifecycle.mark_disposable(beds[-1], f"harness run (pid {os.getpid()})")
+                owner = f"harness run (pid {os.getpid()})"
+                lifecycle.mark_disposable(beds[-1], owner)
+                os.environ["HX_BED_OWNER"] = owner      # its pytest may replace the beds it brought up
         if count > 1:
             say(f"{workers} workers, one bed each: {', '.join(names)}")
         argv = ["scenarios", "-p", "no:cacheprovider", "--bed", ",".join(b.name for b in beds), "--no-bed-up",

@@ -18,9 +18,12 @@ from harness.engine import session
 from harness.progress import say
 
 
-def disposable(bed: BedInfo) -> bool:
-    """A QEMU bed a test session brought up (from its template; it says so in brought-up-by)."""
-    return bed.via == "qemu" and (bed.path / "brought-up-by").exists()
+def disposable(bed: BedInfo, owners: tuple[str, ...]) -> bool:
+    """A QEMU bed that one of `owners` (this test session, or the `harness run` that started it: HX_BED_OWNER)
+    brought up from its template, as its brought-up-by says. Not a bed another session owns: a child run on the
+    parent's bed (a fault test freezes it on purpose) must not replace it under the parent."""
+    marker = bed.path / "brought-up-by"
+    return bed.via == "qemu" and marker.exists() and marker.read_text() in owners
 
 
 def why_broken(bed: BedInfo, probe_ssh: bool) -> str:
@@ -36,7 +39,7 @@ def why_broken(bed: BedInfo, probe_ssh: bool) -> str:
     return "" if answered else "it does not answer SSH within 20 s"
 
 
-def heal(t: session.Target, probe_ssh: bool) -> str:
+def heal(t: session.Target, probe_ssh: bool, owners: tuple[str, ...]) -> str:
     """Replace the target's bed if it is broken and disposable, and point the target at the new one; returns
     why it was replaced ('' if it was not). Other
     workers' scenarios on the broken bed end first (the bed's write lock); a worker that comes second finds the
@@ -46,9 +49,9 @@ def heal(t: session.Target, probe_ssh: bool) -> str:
     why = why_broken(t.bed, probe_ssh)
     if not why:
         return ""
-    if not disposable(t.bed):
-        say(f"bed {t.bed.name}: {why}; not replaced (a person brought it up: it may hold a libvirt they "
-            "installed)", warn=True)
+    if not disposable(t.bed, owners):
+        say(f"bed {t.bed.name}: {why}; not replaced (this run did not bring it up: it may hold a libvirt someone "
+            "installed, or another run's work)", warn=True)
         return ""
     if t.reaper is not None:
         t.reaper.drain()          # this worker's teardowns hold read locks on the bed

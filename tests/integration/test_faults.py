@@ -325,7 +325,7 @@ def test_bed_vm_killed_mid_step(tmp_path, spare_bed):
     assert child.record()["verdict"] == "error"
     with pytest.raises(Exception, match="no bed is up"):
         lifecycle.find(name=name)
-    b2 = lifecycle.up(suite=b.suite, name=name)   # cleans the dead bed's state, boots afresh
+    b2 = lifecycle.up(suite=b.suite, name=name, memory_mib=b.memory_mib)   # cleans the dead bed's state, boots afresh
     assert b2.pid != b.pid
     assert_bed_clean(b2)
     assert_next_run_clean(tmp_path, name)
@@ -342,7 +342,8 @@ def test_a_disposable_bed_that_dies_mid_scenario_is_replaced_and_the_retry_passe
     marker = b.path / "brought-up-by"
     marker.write_text("itest-session")         # what a session that brought it up writes
     lost = tmp_path / "results-of-beds"
-    child = Child(tmp_path, "heal", NEXT_SCENARIO, b.name, env={"HARNESS_RESULTS": str(lost)})
+    child = Child(tmp_path, "heal", NEXT_SCENARIO, b.name, env={"HARNESS_RESULTS": str(lost),
+                                                                "HX_BED_OWNER": "itest-session"})
     try:
         child.wait_for("step 1 start")
         os.kill(b.pid, signal.SIGKILL)

@@ -110,13 +110,14 @@ def test_qemus_log_is_not_hardware_so_older_templates_stay_valid(tmp_path):
         template_store.hardware_args(without, bed.dir, "b1", 4022)
 
 
-def test_only_beds_a_test_session_brought_up_are_replaced(tmp_path):
+def test_only_beds_this_run_brought_up_are_replaced(tmp_path):
     bed = _bed(tmp_path, 0)
-    assert not heal.disposable(bed)            # a person's bed: it may hold their libvirt
-    (bed.path / "brought-up-by").write_text("20261205T221700Z-abcdef")
-    assert heal.disposable(bed)
+    assert not heal.disposable(bed, ("sid-1",))           # a person's bed: it may hold their libvirt
+    (bed.path / "brought-up-by").write_text("sid-1")
+    assert heal.disposable(bed, ("sid-1",))
+    assert not heal.disposable(bed, ("sid-2",))           # another session's (a child run on its parent's bed)
     bed.via = "vagrant"
-    assert not heal.disposable(bed)
+    assert not heal.disposable(bed, ("sid-1",))
 
 
 def test_a_libvirt_call_on_a_failed_bed_is_abandoned_without_waiting_out_its_timeout(monkeypatch):
