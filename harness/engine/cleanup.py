@@ -14,7 +14,7 @@ from typing import Callable
 import libvirt
 from filelock import ReadWriteLock
 
-from harness.engine import artefacts, teardown
+from harness.engine import artefacts, session, teardown
 from harness.engine.devices import Leases
 from harness.engine.journal import Journal, kill_orphan_qemu, on_vfio, remove_domain, remove_network
 from harness.engine.run_state import RunState
@@ -24,12 +24,6 @@ from harness.libvirt_build import upgrade
 from harness.progress import say
 
 
-def _bed_failed(t: Target) -> str:
-    """Why the bed cannot be asked any more (its VM is gone, its kernel stalled), or ''."""
-    from harness.engine.session import bed_trouble
-    return bed_trouble(t)
-
-
 def cleanup(run: RunState, t: Target | None = None) -> None:
     """Remove the domain and networks and check every leased VF is back on its host driver.
     `t`: the target view of a teardown thread (its own connection); default the run's target."""
@@ -37,7 +31,7 @@ def cleanup(run: RunState, t: Target | None = None) -> None:
     c = t.conn
     problems = []
     try:
-        failed = _bed_failed(t)
+        failed = session.bed_trouble(t)
         if failed:             # nothing will answer: do not wait on every call's timeout to learn it
             raise HarnessError(f"the bed {t.bed.name} failed: {failed}")
         c.ensure(reconnect_timeout=90)     # a libvirtd restart in a TCG bed can take 30 s and more

@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import os
-import subprocess
 
 import pytest
 
 from harness.bed import lifecycle, state
+from harness.engine import heal, session
 from harness.errors import HarnessError
 
 SPARE = "hx-itest-spare"
@@ -25,13 +25,6 @@ class BedFault(Exception):
     the failure is the bed VM's. Raised from the test's own error, which is kept as its cause."""
 
 
-def _answers(bed) -> bool:
-    try:
-        return bed.ssh("true", timeout=20).returncode == 0
-    except subprocess.TimeoutExpired:
-        return False
-
-
 def _bed_used(item) -> str | None:
     """'spare', 'session' (the bed the scenarios use) or None: the bed a test runs on, if it may be re-run.
     A re-run gets the fresh bed only through fixtures that ask for it per test: no module-scoped bed fixtures."""
@@ -48,7 +41,7 @@ def _trouble(item, which: str) -> str:
         b = state.load(SPARE)
         return lifecycle.trouble(b) if b is not None else ""
     t = getattr(item.config._hx, "_target", None)
-    return lifecycle.trouble(t.bed) if t is not None and t.bed is not None else ""
+    return session.bed_trouble(t) if t is not None else ""
 
 
 def pytest_collection_modifyitems(config, items):
@@ -93,7 +86,7 @@ def spare_bed(request):
     def get():
         b = state.load(SPARE)
         if b is not None:
-            why = lifecycle.trouble(b) or ("" if lifecycle.alive(b) and _answers(b) else "it does not answer SSH")
+            why = heal.why_broken(b, probe_ssh=True)
             if why and lifecycle.alive(b):       # stalled: a fresh one (its logs kept in results/beds-lost/)
                 return lifecycle.replace(b, why)
             try:
