@@ -225,7 +225,9 @@ class ScenarioItem(pytest.Item):
                     self.record.verdict = "failed"
                     self.record.failure = StepFailed.of(e, sc, str(art))
                     if attempt + 1 >= attempts:
-                        raise
+                        if not self._rerun_on_fresh_bed(hx, probe_ssh=False):   # a stalled bed kills domains too
+                            raise
+                        attempts += 1
                 except (HarnessError, libvirt.libvirtError) as e:   # infrastructure (a dropped connection,
                     # a stuck domain): also retried; the next attempt reconnects first
                     self.record.steps = StepRecord.from_log(run.steps_log)
@@ -235,12 +237,8 @@ class ScenarioItem(pytest.Item):
                     self.record.failure = Failure(message=f"{sc.file}: {where}{e}{left}", check="infrastructure",
                                                   artefacts=str(art))
                     if attempt + 1 >= attempts:
-                        # The bed failed under it (its QEMU died, its kernel stalled): the attempt said nothing
-                        # about libvirt, so one more runs on the fresh bed that replaced it, retries or not.
-                        why = "" if self.record.bed_replaced else hx.heal(probe_ssh=True)
-                        if not why:
+                        if not self._rerun_on_fresh_bed(hx, probe_ssh=True):
                             raise
-                        self.record.bed_replaced.append(why)
                         attempts += 1
                 except KeyboardInterrupt:
                     self.record.steps = StepRecord.from_log(run.steps_log)
@@ -258,6 +256,14 @@ class ScenarioItem(pytest.Item):
             self.record.bed = target.bed.name if target.bed is not None else None
             self.record.phases = self.run_state.phases if self.run_state is not None else []
             hx.save_record(self.record)
+
+    def _rerun_on_fresh_bed(self, hx, probe_ssh: bool) -> bool:
+        """The bed failed under the last attempt (its QEMU died, its kernel stalled): the attempt said nothing
+        about libvirt, so one more runs on the fresh bed that replaced it, retries or not (once a scenario)."""
+        why = "" if self.record.bed_replaced else hx.heal(probe_ssh=probe_ssh)
+        if why:
+            self.record.bed_replaced.append(why)
+        return bool(why)
 
     def _teardown_done(self, job) -> None:
         """A teardown handed off after this scenario passed has finished: record it; a teardown that left

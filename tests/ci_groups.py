@@ -24,7 +24,8 @@ import pytest
 SPARE_GROUP = ("tests/integration/test_explore.py", "tests/integration/test_libvirt_build.py",
                "tests/integration/test_catalog_suites.py",
                "tests/integration/test_faults.py::test_bed_vm_killed_mid_step",
-               "tests/integration/test_faults.py::test_a_disposable_bed_that_dies_mid_scenario_is_replaced_and_the_retry_passes")
+               "tests/integration/test_faults.py::test_a_disposable_bed_that_dies_mid_scenario_is_replaced_and_the_retry_passes",
+               "tests/integration/test_faults.py::test_a_failure_under_a_bed_whose_kernel_complained_is_run_again_on_a_fresh_bed")
 
 
 def ci_group(nodeid: str) -> str:

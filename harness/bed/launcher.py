@@ -11,12 +11,14 @@ This module also holds the one readiness wait (SSH, then libvirtd) both launcher
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness import paths
 from harness.bed.image import Image
 from harness.bed.state import MEMORY_MIB, BedInfo
 from harness.errors import HarnessError
@@ -164,3 +166,23 @@ def serial_tail(bed: BedInfo, lines: int = 20) -> str:
     except OSError:
         return "(no serial log)"
     return "--- serial log tail ---\n" + "\n".join(text[-lines:])
+
+
+#: what is kept of a lost or failed bed (never its keys or its disk)
+KEPT_FILES = ("serial.log", "qemu.log", "qemu.cmdline", "state.json")
+
+
+def keep_logs(bed: BedInfo, why: str, extra: tuple[Path, ...] = ()) -> Path | None:
+    """Copy a failed bed's console, QEMU logs (and a launcher's `extra` logs) to results/beds-lost/ before
+    its folder goes: the evidence of a stall, a QEMU crash or a failed up must outlive the bed."""
+    dest = paths.results_dir() / "beds-lost" / f"{time.strftime('%Y%m%dT%H%M%S')}-{bed.name}"
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+        for f in [bed.path / f for f in KEPT_FILES] + list(extra):
+            if f.exists():
+                shutil.copy2(f, dest / f.name)
+        (dest / "why.txt").write_text(why + "\n")
+    except OSError as e:
+        say(f"bed {bed.name}: could not keep its logs in {dest}: {e}", warn=True)
+        return None
+    return dest

@@ -16,11 +16,10 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from harness import paths
 from harness.bed import image as image_mod
 from harness.bed import state as state_mod
 from harness.bed.launch_qemu import QemuLauncher
-from harness.bed.launcher import BOOT_TIMEOUT, Launcher, UpOptions, kernel_trouble, qemu_said
+from harness.bed.launcher import BOOT_TIMEOUT, Launcher, UpOptions, keep_logs, kernel_trouble, qemu_said
 from harness.bed.state import BedInfo
 from harness.bed.vagrant import VagrantLauncher
 from harness.errors import HarnessError
@@ -148,26 +147,6 @@ def trouble(bed: BedInfo) -> str:
         return (f"its VM is gone (pid {bed.pid} exited or was killed)"
                 + (f"; QEMU's last words: {said}" if said else ""))
     return kernel_trouble(bed)
-
-
-#: what is kept of a bed lost to a fault (never its keys or its disk)
-KEPT_FILES = ("serial.log", "qemu.log", "qemu.cmdline", "state.json")
-
-
-def keep_logs(bed: BedInfo, why: str) -> Path | None:
-    """Copy a troubled bed's console and QEMU logs to results/beds-lost/ before its folder goes: the
-    evidence of a stall or a QEMU crash must outlive the bed (CI removes its beds at the end)."""
-    dest = paths.results_dir() / "beds-lost" / f"{time.strftime('%Y%m%dT%H%M%S')}-{bed.name}"
-    try:
-        dest.mkdir(parents=True, exist_ok=True)
-        for f in KEPT_FILES:
-            if (bed.path / f).exists():
-                shutil.copy2(bed.path / f, dest / f)
-        (dest / "why.txt").write_text(why + "\n")
-    except OSError as e:
-        say(f"bed {bed.name}: could not keep its logs in {dest}: {e}", warn=True)
-        return None
-    return dest
 
 
 def _cleanup(bed: BedInfo) -> list[str]:

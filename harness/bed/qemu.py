@@ -52,6 +52,10 @@ def command(bed: BedInfo, img: Image, overlay: str, pfs: int = 1, e1000e: int = 
            "-machine", machine, "-accel", bed.accel if bed.accel == "kvm" else "tcg,thread=multi",
            "-cpu", cpu, "-smp", str(bed.cpus), "-m", str(bed.memory_mib),
            "-nodefaults", "-display", "none", "-no-user-config",
+           # A reset ends QEMU instead of rebooting the bed: on 2026-12-06 a bed reset itself silently (no
+           # console line) mid-scenario, and the run waited ~2 min for it to boot again and then ran scenarios
+           # on a bed nobody had checked. A dead bed is replaced (engine/heal.py) and its logs kept.
+           "-no-reboot",
            "-device", "intel-iommu,intremap=on,caching-mode=on",
            "-device", "vmgenid",
            "-kernel", str(img.kernel), "-initrd", str(img.initrd),

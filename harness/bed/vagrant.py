@@ -44,7 +44,7 @@ from harness.bed import accel as accel_mod
 from harness.bed import box as box_mod
 from harness.bed import image as image_mod
 from harness.bed import passthrough, qemu
-from harness.bed.launcher import Launcher, UpOptions
+from harness.bed.launcher import Launcher, UpOptions, keep_logs
 from harness.bed.state import BedInfo
 from harness.bed.vagrant_ns import (
     kill_netns,
@@ -280,7 +280,9 @@ class VagrantLauncher(Launcher):
         bed.save()
 
     def failed(self, bed: BedInfo) -> None:
-        kept = _keep_logs(bed)
+        kept = keep_logs(bed, "vagrant up failed", extra=(
+            *bed.path.glob("vagrant-*.log"), *(lv_dir(bed) / "log").glob("*.log"),
+            *(lv_dir(bed) / "log" / "qemu").glob("*.log")))
         if kept:
             say(f"bed {bed.name}: up failed; logs kept in {kept}", warn=True)
 
@@ -317,25 +319,6 @@ def status(bed: BedInfo) -> str:
     except subprocess.TimeoutExpired:
         return "libvirtd not answering"
     return p.stdout.strip() or f"unknown ({p.stderr.strip()})"
-
-def _keep_logs(bed: BedInfo) -> Path | None:
-    """Copy the logs of a failed up out of the bed dir (which cleanup removes)."""
-    try:
-        out = paths.cache_dir() / "bed-logs" / f"{bed.name}-{time.strftime('%Y%m%dT%H%M%S')}"
-        files = [*bed.path.glob("vagrant-*.log"), bed.serial_log, *(lv_dir(bed) / "log").glob("*.log"),
-                 *(lv_dir(bed) / "log" / "qemu").glob("*.log")]
-        files = [f for f in files if f.exists()]
-        if not files:
-            return None
-        out.mkdir(parents=True, exist_ok=True)
-        for f in files:
-            shutil.copy2(f, out / f.name)
-        return out
-    except OSError:
-        return None
-
-
-
 
 def _forget_machine(bed: BedInfo) -> None:
     """Drop the machine from VAGRANT_HOME's index if vagrant destroy could not (its data dir is gone)."""

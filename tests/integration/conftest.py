@@ -15,9 +15,10 @@ SPARE = "hx-itest-spare"
 #: harness in what it prints), or BedFault (below). Tests on a bed are re-run once on such a failure.
 BED_FAULT = [r"BedFault", r"the bed's kernel reports trouble", r"is gone \(its QEMU", r"its VM is gone",
              r"QEMU exited while booting"]
-#: Tests that kill a bed themselves: their failure is never the bed's fault, and they are never re-run.
+#: Tests that kill a bed (or make its kernel complain) themselves: their failure is never the bed's fault, and they are never re-run.
 NO_RERUN = ("test_bed_vm_killed_mid_step",
-            "test_a_disposable_bed_that_dies_mid_scenario_is_replaced_and_the_retry_passes")
+            "test_a_disposable_bed_that_dies_mid_scenario_is_replaced_and_the_retry_passes",
+            "test_a_failure_under_a_bed_whose_kernel_complained_is_run_again_on_a_fresh_bed")
 
 
 class BedFault(Exception):

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from harness import paths
-from harness.bed import lifecycle, qmp, state
+from harness.bed import launcher, lifecycle, qmp, state
 from harness.engine import diagnose
 
 pytestmark = [pytest.mark.bed, pytest.mark.slow]
@@ -363,6 +363,64 @@ def test_a_disposable_bed_that_dies_mid_scenario_is_replaced_and_the_retry_passe
         assert sorted(f.name for f in kept.iterdir()) == ["qemu.cmdline", "qemu.log", "serial.log", "state.json",
                                                           "why.txt"]       # the evidence, never its keys
         assert (new.path / "brought-up-by").read_text() == "itest-session"   # the same session takes it down
+        assert_bed_clean(new)
+    finally:
+        cur = state.load(b.name)
+        if cur is not None:
+            (cur.path / "brought-up-by").unlink(missing_ok=True)
+
+
+#: Fails at its last step on any bed (libvirt names the user interface net0, not net9): a real failure.
+FAILS_AFTER_A_RESTART = """\
+guards: >-
+  A scenario that fails on every bed, with a daemon restart before the failing step (time to make the bed's
+  kernel complain first).
+tags: [fault]
+requires: {vfs: 1}
+devices:
+  vf1: {kind: vf}
+domain:
+  devices:
+    - interface: {id: hn0, type: hostdev, device: vf1}
+steps:
+  - start:
+    expect: {aliases: {hn0: hostdev0}}
+  - restart-daemon:
+  - attach: {interface: {id: u1, type: user}}
+    expect: {aliases: {u1: net9}}
+"""
+
+
+def test_a_failure_under_a_bed_whose_kernel_complained_is_run_again_on_a_fresh_bed(tmp_path, spare_bed):
+    """A bed kernel that stalls under a scenario makes libvirt look wrong (in one catalog run a stalled bed
+    shut a domain off across restart-daemon: 'failed', though libvirt had done nothing wrong). So a failure
+    under a bed whose console complained runs once more on a fresh bed, and only that attempt's verdict
+    stands: here the scenario fails on any bed, so it is still 'failed', with the replaced bed on record.
+    The complaint is the bed kernel's own console line, written through /dev/kmsg."""
+    b = spare_bed()
+    (b.path / "brought-up-by").write_text("itest-session")
+    lost = tmp_path / "results-of-beds"
+    child = Child(tmp_path, "stalled", FAILS_AFTER_A_RESTART, b.name,
+                  env={"HARNESS_RESULTS": str(lost), "HX_BED_OWNER": "itest-session"})
+    try:
+        child.wait_for("step 2 restart-daemon")
+        said = bed_ssh(b, "echo '<3>rcu: INFO: rcu_preempt detected stalls on CPUs/tasks: (written by the test)' "
+                          "> /dev/kmsg")
+        assert said.returncode == 0, said.stderr
+        rc = child.finish(timeout=420)
+        out = child.output
+        assert rc != 0, out[-4000:]
+        rec = child.record()
+        assert rec["verdict"] == "failed" and rec["attempts"] == 2, rec
+        f = rec["failure"]
+        assert (f["check"], f["expected"], f["actual"]) == ("expect", "u1 -> net9", "u1 -> net0"), f
+        (why,) = rec["bed_replaced"]
+        assert why.startswith("the bed's kernel reports trouble: '") and "(written by the test)" in why, why
+        new = state.load(b.name)
+        assert new is not None and new.pid != b.pid and lifecycle.alive(new)
+        assert not launcher.kernel_trouble(new)                     # the last attempt ran on a quiet bed
+        (kept,) = (lost / "beds-lost").iterdir()
+        assert "(written by the test)" in (kept / "serial.log").read_text(errors="replace")
         assert_bed_clean(new)
     finally:
         cur = state.load(b.name)

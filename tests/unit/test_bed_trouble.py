@@ -79,6 +79,15 @@ def test_keep_logs_copies_the_evidence_and_never_the_keys_or_the_disk(tmp_path, 
     assert (kept / "why.txt").read_text() == "its kernel stalled\n"
 
 
+def test_keep_logs_adds_a_launchers_own_logs_beside_the_console(tmp_path, results):
+    bed = _bed(tmp_path, 0)
+    (bed.path / "serial.log").write_text("console")
+    (bed.path / "vagrant-up.log").write_text("vagrant said no")
+    kept = lifecycle.keep_logs(bed, "vagrant up failed", extra=(bed.path / "vagrant-up.log", bed.path / "gone.log"))
+    assert sorted(os.listdir(kept)) == ["serial.log", "vagrant-up.log", "why.txt"]
+    assert (kept / "vagrant-up.log").read_text() == "vagrant said no"
+
+
 def test_cleanup_of_a_dead_bed_keeps_its_logs_and_removes_its_folder(tmp_path, results):
     p = subprocess.Popen(["true"])
     p.wait()

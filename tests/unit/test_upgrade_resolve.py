@@ -30,3 +30,28 @@ def test_the_same_target_is_resolved_once_and_each_caller_gets_its_own_record(mo
     assert len(calls) == 4
     assert upgrade.resolve(bed, {"to": "original"}, "stock") == (None, {"to": "original"})
     assert len(calls) == 4
+
+
+SOURCES = ("Package: libvirt\nVersion: 12.8.0-1\nDirectory: pool/main/libv/libvirt\n\n"
+           "Package: other\nVersion: 1\n\n")
+
+
+def test_the_libvirt_stanza_is_kept_per_signed_index_and_an_older_indexs_answer_goes(tmp_path, monkeypatch):
+    import lzma
+
+    from harness.libvirt_build import source
+    sx = tmp_path / "Sources.xz"
+    sx.write_bytes(lzma.compress(SOURCES.encode()))
+    index = {"sha": "a" * 64}
+    monkeypatch.setattr(source, "verified_sources_xz", lambda suite: (sx, index["sha"]))
+    unpacked = []
+    real = lzma.decompress
+    monkeypatch.setattr(source.lzma, "decompress", lambda b: unpacked.append(1) or real(b))
+
+    assert source.verified_stanza("sid")["Version"] == "12.8.0-1"
+    assert source.verified_stanza("sid")["Directory"] == "pool/main/libv/libvirt"
+    assert len(unpacked) == 1                                   # the second answer came from the kept stanza
+    index["sha"] = "b" * 64                                     # the mirror published a new index
+    sx.write_bytes(lzma.compress(SOURCES.replace("12.8.0-1", "12.9.0-1").encode()))
+    assert source.verified_stanza("sid")["Version"] == "12.9.0-1" and len(unpacked) == 2
+    assert [p.name for p in tmp_path.glob("stanza-*")] == ["stanza-libvirt-newest-bbbbbbbbbbbbbbbb.json"]
