@@ -24,13 +24,22 @@ def _bed(tmp_path: Path, pid: int) -> BedInfo:
     return BedInfo(name="b1", suite="trixie", via="qemu", dir=str(d), ssh_port=4022, pid=pid, accel="tcg")
 
 
+def _cmdline(pid: int) -> bytes:
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        return f.read()
+
+
 @pytest.fixture
 def qemu_like():
-    """A live process whose command line says qemu-system (what qemu.alive looks for)."""
-    p = subprocess.Popen(["bash", "-c", "exec -a qemu-system-x86_64 sleep 60"])
-    deadline = time.monotonic() + 10
-    while not qemu.alive(p.pid) and time.monotonic() < deadline:     # until it has exec'd
+    """A live process whose command line says qemu-system (what qemu.alive looks for): sleep, started with that
+    argv[0], once its exec is done. Popen may return before that (its cmdline is still python's, then briefly
+    empty). The earlier `bash -c 'exec -a qemu-system-x86_64 sleep'` had "qemu-system" in bash's own cmdline,
+    so the wait ended before the exec, and two tests met the empty cmdline in CI."""
+    p = subprocess.Popen(["qemu-system-x86_64", "600"], executable="sleep")
+    deadline = time.monotonic() + 30
+    while _cmdline(p.pid) != b"qemu-system-x86_64\x00600\x00" and time.monotonic() < deadline:
         time.sleep(0.01)
+    assert qemu.alive(p.pid), _cmdline(p.pid)
     yield p.pid
     p.kill()
     p.wait()
