@@ -36,13 +36,15 @@ def qemu_like():
     empty). The earlier `bash -c 'exec -a qemu-system-x86_64 sleep'` had "qemu-system" in bash's own cmdline,
     so the wait ended before the exec, and two tests met the empty cmdline in CI."""
     p = subprocess.Popen(["qemu-system-x86_64", "600"], executable="sleep")
-    deadline = time.monotonic() + 30
-    while _cmdline(p.pid) != b"qemu-system-x86_64\x00600\x00" and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert qemu.alive(p.pid), _cmdline(p.pid)
-    yield p.pid
-    p.kill()
-    p.wait()
+    try:
+        deadline = time.monotonic() + 30
+        while _cmdline(p.pid) != b"qemu-system-x86_64\x00600\x00" and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert qemu.alive(p.pid), _cmdline(p.pid)
+        yield p.pid
+    finally:
+        p.kill()
+        p.wait()
 
 
 @pytest.fixture
