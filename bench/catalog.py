@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._common import env, median, write  # noqa: E402
 from bench.scenarios import run_catalog  # noqa: E402
 from harness.bed import lifecycle, state  # noqa: E402
+from harness.engine import heal  # noqa: E402
 
 
 def split(summary: dict) -> dict:
@@ -44,8 +45,7 @@ def main() -> None:
         for n in names:
             b = lifecycle.up(suite=a.suite, name=n)
             if n in brought:     # as harness run's: a bed that dies or stalls is replaced (engine/heal.py)
-                os.environ["HX_BED_OWNER"] = f"bench.catalog (pid {os.getpid()})"
-                lifecycle.mark_disposable(b, os.environ["HX_BED_OWNER"])
+                heal.own(b, f"bench.catalog (pid {os.getpid()})")
         runs = []
         for i in range(a.runs):
             wall, s = run_catalog(",".join(names), None, a.workers, ("--maxschedchunk", "1", "--longest-first"))

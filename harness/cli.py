@@ -147,6 +147,7 @@ def run_workers(workers, via: str, cpus: int | None = None, room: int | None = N
 def cmd_run(args, extra: list[str]) -> int:
     """The main job: build or reuse the bed(s), bring them up, run every scenario, write results."""
     from harness.bed import image, lifecycle
+    from harness.engine import heal
     image.build(args.suite)
     workers, count = run_workers(args.workers, args.via)
     names = lifecycle.worker_bed_names(args.suite, count) if args.via == "qemu" else \
@@ -158,9 +159,7 @@ def cmd_run(args, extra: list[str]) -> int:
             beds.append(lifecycle.up(suite=args.suite, via=args.via, name=name))
             if existing is None:
                 brought_up.append(name)     # disposable: a bed that dies or stalls is replaced (engine/heal.py)
-                owner = f"harness run (pid {os.getpid()})"
-                lifecycle.mark_disposable(beds[-1], owner)
-                os.environ["HX_BED_OWNER"] = owner      # its pytest may replace the beds it brought up
+                heal.own(beds[-1], f"harness run (pid {os.getpid()})")    # its pytest may replace them
         if count > 1:
             say(f"{workers} workers, one bed each: {', '.join(names)}")
         argv = ["scenarios", "-p", "no:cacheprovider", "--bed", ",".join(b.name for b in beds), "--no-bed-up",

@@ -355,7 +355,7 @@ class HarnessSession:
                     lifecycle.mark_disposable(bed, self.sid)
                 bed = state.load(bed.name) or bed
                 why = lifecycle.trouble(bed)
-                if why and heal.disposable(bed, self.owners):
+                if why and heal.disposable(bed, heal.owners(self.sid)):
                     bed = lifecycle.replace(bed, why)
                 elif why:
                     raise HarnessError(f"the bed {bed.name} cannot be trusted: {why}",
@@ -368,12 +368,7 @@ class HarnessSession:
     def heal(self, probe_ssh: bool) -> str:
         """Replace the session's bed if it died or stalled (engine/heal.py); why, if it was replaced."""
         from harness.engine import heal
-        return heal.heal(self._target, probe_ssh, self.owners) if self._target is not None else ""
-
-    @property
-    def owners(self) -> tuple[str, ...]:
-        """Who may replace a bed of this session: the session itself, and the `harness run` that started it."""
-        return (self.sid, os.environ.get("HX_BED_OWNER", self.sid))
+        return heal.heal(self._target, probe_ssh, heal.owners(self.sid)) if self._target is not None else ""
 
     def _claim_run_dir(self, meta: dict) -> None:
         self.results.claim(meta)

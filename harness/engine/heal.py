@@ -7,6 +7,7 @@ hold a libvirt they installed, and is never replaced.
 """
 from __future__ import annotations
 
+import os
 import subprocess
 
 from filelock import ReadWriteLock
@@ -16,6 +17,20 @@ from harness.bed import lifecycle
 from harness.bed.state import BedInfo
 from harness.engine import session
 from harness.progress import say
+
+#: names the process (`harness run`, bench.catalog) whose beds a pytest session it started may replace
+OWNER_ENV = "HX_BED_OWNER"
+
+
+def own(bed: BedInfo, owner: str) -> None:
+    """Mark a bed this process brought up as replaceable by it and by the pytest sessions it starts."""
+    lifecycle.mark_disposable(bed, owner)
+    os.environ[OWNER_ENV] = owner
+
+
+def owners(sid: str) -> tuple[str, ...]:
+    """Who may replace a bed of test session `sid`: the session itself, and the process that started it (own)."""
+    return (sid, os.environ.get(OWNER_ENV, sid))
 
 
 def disposable(bed: BedInfo, owners: tuple[str, ...]) -> bool:

@@ -157,3 +157,14 @@ def test_a_libvirt_call_on_a_failed_bed_is_abandoned_without_waiting_out_its_tim
         assert c.call(time.sleep, 0.5) is None
     finally:
         c.close()
+
+
+def test_a_bed_a_run_owns_may_be_replaced_by_the_sessions_it_starts(tmp_path, monkeypatch):
+    monkeypatch.delenv(heal.OWNER_ENV, raising=False)
+    assert heal.owners("sid-1") == ("sid-1", "sid-1")
+    bed = _bed(tmp_path, 0)
+    heal.own(bed, "harness run (pid 7)")
+    assert os.environ[heal.OWNER_ENV] == "harness run (pid 7)"
+    assert heal.disposable(bed, heal.owners("sid-2"))           # the run's pytest session
+    monkeypatch.delenv(heal.OWNER_ENV)
+    assert not heal.disposable(bed, heal.owners("sid-2"))       # a session the run did not start
