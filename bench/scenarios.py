@@ -23,8 +23,10 @@ from harness import paths  # noqa: E402
 from harness.report import run as report  # noqa: E402
 
 
-def run_catalog(bed: str, k: str | None, workers: int, extra: tuple[str, ...] = ()) -> tuple[float, dict]:
-    """The catalog (or -k) on `bed` (several: comma-separated, one per worker): wall seconds and the summary."""
+def run_catalog(bed: str, k: str | None, workers: int, extra: tuple[str, ...] = (),
+                env: dict | None = None) -> tuple[float, dict]:
+    """The catalog (or -k) on `bed` (several: comma-separated, one per worker): wall seconds and the summary.
+    `env`: the whole environment of the run (None: this process's)."""
     before = {h["run_dir"] for h in report.read_history(paths.results_dir())}
     argv = [sys.executable, "-m", "pytest", "scenarios", "-q", "-p", "no:cacheprovider", "--bed", bed, "--no-bed-up",
             *extra]
@@ -33,7 +35,7 @@ def run_catalog(bed: str, k: str | None, workers: int, extra: tuple[str, ...] = 
     if workers > 1:
         argv += ["-n", str(workers)]
     t0 = time.monotonic()
-    p = subprocess.run(argv, cwd=paths.REPO, capture_output=True, text=True)
+    p = subprocess.run(argv, cwd=paths.REPO, capture_output=True, text=True, env=env)
     wall = time.monotonic() - t0
     new = [h for h in report.read_history(paths.results_dir()) if h["run_dir"] not in before]
     if not new:
