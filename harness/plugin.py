@@ -203,13 +203,13 @@ class ScenarioItem(pytest.Item):
         attempts = self.config.getoption("hx_retries") + 1
         try:
             for attempt in itertools.count():
-                # A bed that died or stalled (under the last attempt, or an earlier scenario) is replaced first.
-                hx.heal(probe_ssh=attempt > 0 and self.record.verdict == "error")
                 self.record.attempts = attempt + 1
                 art = hx.run_dir / art_rel
                 shutil.rmtree(art, ignore_errors=True)
                 run = self.run_state = RunState(sc, target, art)
                 try:
+                    # a bed that died or stalled is replaced first; one not ours to replace ends this at once
+                    hx.heal(probe_ssh=attempt > 0 and self.record.verdict == "error")
                     self.record.steps = StepRecord.from_log(run_scenario(run, on_teardown=self._teardown_done))
                     if run.cleanup_problems:
                         raise CleanupFailure(run.cleanup_problems)
@@ -260,7 +260,12 @@ class ScenarioItem(pytest.Item):
     def _rerun_on_fresh_bed(self, hx, probe_ssh: bool) -> bool:
         """The bed failed under the last attempt (its QEMU died, its kernel stalled): the attempt said nothing
         about libvirt, so one more runs on the fresh bed that replaced it, retries or not (once a scenario)."""
-        why = "" if self.record.bed_replaced else hx.heal(probe_ssh=probe_ssh)
+        try:
+            why = "" if self.record.bed_replaced else hx.heal(probe_ssh=probe_ssh)
+        except HarnessError as e:      # a broken bed that is not ours: the attempt said nothing about libvirt
+            self.record.verdict = "error"
+            self.record.failure = Failure.untrusted_bed(self.record.failure, e, self.scenario.file, self.record.artefacts)
+            raise
         if why:
             self.record.bed_replaced.append(why)
         return bool(why)
@@ -359,7 +364,7 @@ class HarnessSession:
                     bed = lifecycle.replace(bed, why)
                 elif why:
                     raise HarnessError(f"the bed {bed.name} cannot be trusted: {why}",
-                                       hint=f"take it down ('harness bed down {bed.name}') and bring up a fresh one")
+                                       hint=f"take it down ('harness bed down --name {bed.name}') and bring up a fresh one")
                 t = session.open_target(bed=bed)
         self._check_leftovers(t)
         self._claim_run_dir(t.meta())

@@ -25,7 +25,8 @@ SPARE_GROUP = ("tests/integration/test_explore.py", "tests/integration/test_libv
                "tests/integration/test_catalog_suites.py",
                "tests/integration/test_faults.py::test_bed_vm_killed_mid_step",
                "tests/integration/test_faults.py::test_a_disposable_bed_that_dies_mid_scenario_is_replaced_and_the_retry_passes",
-               "tests/integration/test_faults.py::test_a_failure_under_a_bed_whose_kernel_complained_is_run_again_on_a_fresh_bed")
+               "tests/integration/test_faults.py::test_a_failure_under_a_bed_whose_kernel_complained_is_run_again_on_a_fresh_bed",
+               "tests/integration/test_faults.py::test_a_bed_that_complained_and_is_not_ours_ends_the_next_scenario_at_once_naming_the_fix")
 
 
 def ci_group(nodeid: str) -> str:

@@ -16,6 +16,7 @@ from harness import paths
 from harness.bed import lifecycle
 from harness.bed.state import BedInfo
 from harness.engine import session
+from harness.errors import HarnessError
 from harness.progress import say
 
 #: names the process (`harness run`, bench.catalog) whose beds a pytest session it started may replace
@@ -56,7 +57,7 @@ def why_broken(bed: BedInfo, probe_ssh: bool) -> str:
 
 def heal(t: session.Target, probe_ssh: bool, owners: tuple[str, ...]) -> str:
     """Replace the target's bed if it is broken and disposable, and point the target at the new one; returns
-    why it was replaced ('' if it was not). Other
+    why it was replaced ('' if it was well). A broken bed that is not disposable raises HarnessError. Other
     workers' scenarios on the broken bed end first (the bed's write lock); a worker that comes second finds the
     bed replaced already and only points its target at it."""
     if t.bed is None or (t.bed.via != "qemu" and not probe_ssh):    # asked before every scenario: kept cheap
@@ -65,9 +66,11 @@ def heal(t: session.Target, probe_ssh: bool, owners: tuple[str, ...]) -> str:
     if not why:
         return ""
     if not disposable(t.bed, owners):
-        say(f"bed {t.bed.name}: {why}; not replaced (this run did not bring it up: it may hold a libvirt someone "
-            "installed, or another run's work)", warn=True)
-        return ""
+        # every scenario after this one would wait out the same timeouts on it (100 s each): stop now, and say how
+        raise HarnessError(f"the bed {t.bed.name} cannot be trusted: {why}. It is not replaced: this run did not "
+                           "bring it up (it may hold a libvirt someone installed, or another run's work)",
+                           hint=f"take it down ('harness bed down --name {t.bed.name}') and run again: a run "
+                                "that brings up its own beds replaces them itself")
     if t.reaper is not None:
         t.reaper.drain()          # this worker's teardowns hold read locks on the bed
     if t.lock_dir.exists():

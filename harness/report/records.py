@@ -50,6 +50,14 @@ class Failure:
     def to_json(self) -> dict:
         return {"message": self.message, "check": self.check, "artefacts": self.artefacts}
 
+    @classmethod
+    def untrusted_bed(cls, met: Failure | None, why: Exception, file: str, artefacts: str) -> Failure:
+        """An error: the bed cannot be trusted (`why`); what the attempt met (`met`, a failure too) stays first."""
+        if met is None:
+            return cls(f"{file}: {why}", "infrastructure", artefacts)
+        text = met.message if str(why) in met.message else f"{met.message}\n  {why}"
+        return cls(text, "infrastructure", met.artefacts)
+
 
 @dataclass
 class StepFailed(Failure):

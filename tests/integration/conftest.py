@@ -18,7 +18,8 @@ BED_FAULT = [r"BedFault", r"the bed's kernel reports trouble", r"is gone \(its Q
 #: Tests that kill a bed (or make its kernel complain) themselves: their failure is never the bed's fault, and they are never re-run.
 NO_RERUN = ("test_bed_vm_killed_mid_step",
             "test_a_disposable_bed_that_dies_mid_scenario_is_replaced_and_the_retry_passes",
-            "test_a_failure_under_a_bed_whose_kernel_complained_is_run_again_on_a_fresh_bed")
+            "test_a_failure_under_a_bed_whose_kernel_complained_is_run_again_on_a_fresh_bed",
+            "test_a_bed_that_complained_and_is_not_ours_ends_the_next_scenario_at_once_naming_the_fix")
 
 
 class BedFault(Exception):

@@ -428,6 +428,56 @@ def test_a_failure_under_a_bed_whose_kernel_complained_is_run_again_on_a_fresh_b
             (cur.path / "brought-up-by").unlink(missing_ok=True)
 
 
+#: Two scenarios: the test makes the bed's kernel complain during the first; the second then meets the bed.
+TWO_ON_ONE_BED = """\
+domain:
+  devices:
+    - interface: {id: u0, type: user}
+scenarios:
+  - name: while-the-bed-complains
+    guards: The bed's kernel complains during this scenario (written by the test); libvirt is unaffected.
+    tags: [fault]
+    steps:
+      - start:
+        expect: {aliases: {u0: net0}}
+      - restart-daemon:
+      - attach: {interface: {id: u1, type: user}}
+        expect: {aliases: {u1: net1}}
+  - name: after-the-complaint
+    guards: Runs on a bed that complained and that this run may not replace.
+    tags: [fault]
+    steps:
+      - start:
+        expect: {aliases: {u0: net0}}
+"""
+
+
+def test_a_bed_that_complained_and_is_not_ours_ends_the_next_scenario_at_once_naming_the_fix(tmp_path, spare_bed):
+    """A bed someone brought up is never replaced (it may hold their libvirt). Before, every scenario after its
+    kernel complained still ran there and waited out the same timeouts: a catalog on two stalled beds took 20
+    min to say so. Now the next scenario is an error before it starts anything, naming the complaint and the fix."""
+    b = spare_bed()
+    (b.path / "brought-up-by").unlink(missing_ok=True)          # a bed a person brought up
+    child = Child(tmp_path, "untrusted", TWO_ON_ONE_BED, b.name)
+    child.wait_for("step 2 restart-daemon")
+    said = bed_ssh(b, "echo '<3>rcu: INFO: rcu_preempt detected stalls on CPUs/tasks: (written by the test)' "
+                      "> /dev/kmsg")
+    assert said.returncode == 0, said.stderr
+    rc = child.finish(timeout=420)
+    out = child.output
+    assert rc != 0, out[-4000:]
+    (run,) = [p for p in child.results.iterdir() if (p / "summary.json").exists()]
+    recs = {r["scenario"]: r for r in json.loads((run / "summary.json").read_text())["scenarios"]}
+    assert recs["while-the-bed-complains"]["verdict"] == "passed", recs
+    after = recs["after-the-complaint"]
+    assert after["verdict"] == "error" and after["steps"] == [], after           # nothing ran on that bed
+    msg = after["failure"]["message"]
+    assert f"the bed {b.name} cannot be trusted: the bed's kernel reports trouble: '" in msg, msg
+    assert "(written by the test)" in msg and f"harness bed down --name {b.name}" in msg, msg
+    cur = state.load(b.name)
+    assert cur is not None and cur.pid == b.pid and lifecycle.alive(cur)          # not replaced, not killed
+
+
 def test_leftovers_are_refused_then_swept_and_a_stray_vf_given_back(tmp_path, hx_target, bed):
     """libvirt-tck style: hx-* objects no live run owns make the next run refuse to start (saying
     what and how to fix it); `harness bed sweep` removes them and hands a stray VF back."""

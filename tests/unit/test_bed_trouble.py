@@ -140,6 +140,23 @@ def test_only_beds_this_run_brought_up_are_replaced(tmp_path):
     assert not heal.disposable(bed, ("sid-1",))
 
 
+def test_a_broken_bed_that_is_not_ours_ends_the_scenario_at_once_and_says_how_to_get_a_fresh_one(tmp_path, qemu_like):
+    """Each scenario on it waited out the same timeouts before (~100 s each, 20 min for a catalog)."""
+    from types import SimpleNamespace
+
+    from harness.errors import HarnessError
+    bed = _bed(tmp_path, qemu_like)
+    t = SimpleNamespace(bed=bed)
+    bed.serial_log.write_text("boot\n")
+    assert heal.heal(t, probe_ssh=False, owners=("sid-1",)) == ""           # well: nothing to do
+    bed.serial_log.write_text("boot\n" + STALL)
+    with pytest.raises(HarnessError) as e:
+        heal.heal(t, probe_ssh=False, owners=("sid-1",))
+    assert "the bed b1 cannot be trusted: " in e.value.message and "rcu_preempt detected stalls" in e.value.message
+    assert "harness bed down --name b1" in e.value.hint
+    assert t.bed is bed and qemu.alive(qemu_like)                            # nothing replaced, nothing killed
+
+
 def test_a_libvirt_call_on_a_failed_bed_is_abandoned_without_waiting_out_its_timeout(monkeypatch):
     from harness.engine import conn as conn_mod
     monkeypatch.setattr(conn_mod, "ABANDON_EVERY", 0.2)
@@ -168,3 +185,19 @@ def test_a_bed_a_run_owns_may_be_replaced_by_the_sessions_it_starts(tmp_path, mo
     assert heal.disposable(bed, heal.owners("sid-2"))           # the run's pytest session
     monkeypatch.delenv(heal.OWNER_ENV)
     assert not heal.disposable(bed, heal.owners("sid-2"))       # a session the run did not start
+
+
+def test_an_untrusted_bed_makes_an_error_that_keeps_what_the_attempt_met_first():
+    from harness.errors import HarnessError
+    from harness.report.records import Failure, StepFailed
+    why = HarnessError("the bed b1 cannot be trusted: its VM is gone", hint="harness bed down --name b1")
+    first = Failure.untrusted_bed(None, why, "scenarios/x.yaml", "artefacts/x")
+    assert (first.message, first.check) == ("scenarios/x.yaml: " + str(why), "infrastructure")
+    assert Failure.untrusted_bed(first, why, "scenarios/x.yaml", "a").message == first.message    # said once
+    step = StepFailed(message="scenarios/x.yaml:12: step 3 'attach n2' [domain-running] expected running; got "
+                              "shut off", check="domain-running", artefacts="artefacts/x", step_index=2,
+                      step="attach n2", line=12, expected="running", actual="shut off", libvirt_error=None,
+                      violations=[], evidence=None)
+    f = Failure.untrusted_bed(step, why, "scenarios/x.yaml", "b")
+    assert f.message.splitlines()[0] == step.message and f.message.endswith("hint: harness bed down --name b1")
+    assert (type(f), f.check, f.artefacts) == (Failure, "infrastructure", "artefacts/x")   # an error, no verdict
