@@ -61,6 +61,9 @@ class Apt:
         self.suite = suite
         self._shown: dict[str, dict | None] = {}
         self.root = sub("apt", suite)
+        #: held from `apt-get update` to the last read: another worker's update rewrites the lists under a
+        #: running `apt-cache show`, which then found no libvirt-clients in sid (a catalog run, 2026-12-06)
+        self.lock = FileLock(str(self.root) + ".lock")
         for d in ("etc/apt/preferences.d", "var/lib/apt/lists/partial", "var/cache/apt/archives/partial"):
             (self.root / d).mkdir(parents=True, exist_ok=True)
         (self.root / "status").touch()
@@ -79,7 +82,7 @@ class Apt:
         return p.stdout
 
     def update(self) -> None:
-        with FileLock(str(self.root) + ".lock"):
+        with self.lock:
             self.run("apt-get", "update", "-q")
 
     def show(self, name: str) -> dict | None:
@@ -98,8 +101,10 @@ class Apt:
     def _show(self, name: str) -> dict | None:
         try:
             out = self.run("apt-cache", "show", "--no-all-versions", name)
-        except HarnessError:
-            return None
+        except HarnessError as e:
+            if "No packages found" in e.message:
+                return None
+            raise                    # not "no such package": apt itself failed, and says how
         fields, key = {}, None
         for line in out.split("\n\n")[0].splitlines():
             if line.startswith(" ") and key:
@@ -135,11 +140,21 @@ def plan(bed, suite: str) -> dict:
     if not mine:
         raise HarnessError(f"bed {bed.name} has no libvirt packages installed")
     apt = Apt(suite)
-    apt.update()
-    cache = sub("apt") / ("plan-" + hashlib.sha256(json.dumps(
-        [RECIPE, suite, apt.index_hash(), sorted(inst.items()), sorted(provides)]).encode()).hexdigest()[:16] + ".json")
-    if cache.exists():
-        return json.loads(cache.read_text())
+    with apt.lock:
+        apt.update()
+        cache = sub("apt") / ("plan-" + hashlib.sha256(json.dumps(
+            [RECIPE, suite, apt.index_hash(), sorted(inst.items()), sorted(provides)]).encode()).hexdigest()[:16]
+            + ".json")
+        if cache.exists():
+            return json.loads(cache.read_text())
+        out = _closure(apt, bed, suite, mine, inst, provides)
+        cache.write_text(json.dumps(out, indent=1))
+    return out
+
+
+def _closure(apt: Apt, bed, suite: str, mine: list[str], inst: dict[str, str], provides: set[str]) -> dict:
+    """The packages of `suite` that replace the bed's libvirt packages `mine`, with what they need that the
+    bed lacks or has too old."""
     want, pulled = {}, []
     todo = list(mine)
     while todo:
@@ -163,9 +178,7 @@ def plan(bed, suite: str) -> dict:
             todo.append(first)
             if not first.startswith("libvirt"):
                 pulled.append(f"{first} {dep['Version']} (for {name}: {clause})")
-    out = {"packages": want, "pulled": pulled, "installed": {n: inst[n] for n in mine}}
-    cache.write_text(json.dumps(out, indent=1))
-    return out
+    return {"packages": want, "pulled": pulled, "installed": {n: inst[n] for n in mine}}
 
 
 def pack(bed, suite: str, timeout: float = 1800) -> build_mod.Build:
@@ -185,8 +198,9 @@ def pack(bed, suite: str, timeout: float = 1800) -> build_mod.Build:
     with FileLock(str(work) + ".lock"):
         apt = Apt(suite)
         say(f"libvirt {suite} packages {bid}: downloading {len(pl['packages'])} packages")
-        apt.run("apt-get", "download", "-q", *(f"{n}={v}" for n, v in sorted(pl["packages"].items())), cwd=debs,
-                timeout=timeout)
+        with apt.lock:
+            apt.run("apt-get", "download", "-q", *(f"{n}={v}" for n, v in sorted(pl["packages"].items())),
+                    cwd=debs, timeout=timeout)
         t1 = time.monotonic()
         dest = work / "destdir"
         shutil.rmtree(dest, ignore_errors=True)

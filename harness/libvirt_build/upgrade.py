@@ -26,7 +26,7 @@ import shlex
 import subprocess
 import time
 
-from harness.errors import HarnessError
+from harness.errors import HarnessError, InfrastructureError
 from harness.libvirt_build import build as build_mod
 from harness.libvirt_build import install as install_mod
 from harness.libvirt_build import mutants as mutants_mod
@@ -202,7 +202,13 @@ def upgrade(bed, spec: dict, owner: str) -> dict:
     t0 = time.monotonic()
     st, running = begin(bed, owner)
     before = running or install_mod.installed_build(bed).get("id")
-    b, info = resolve(bed, spec, st.get("id"))
+    try:
+        b, info = resolve(bed, spec, st.get("id"))
+    except InfrastructureError:
+        raise
+    except HarnessError as e:   # the mirror, apt or a build failed: no answer of the bed's libvirt, so no verdict
+        raise InfrastructureError(f"upgrade-libvirt: the target {spec.get('to')!r} cannot be had: {e.message}",
+                                  hint=e.hint) from None
     t1 = time.monotonic()
     if b is None:
         proof = restore(bed, keep_state=True)

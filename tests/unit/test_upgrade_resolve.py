@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import pytest
+
 from harness.libvirt_build import upgrade
 
 
@@ -55,3 +57,53 @@ def test_the_libvirt_stanza_is_kept_per_signed_index_and_an_older_indexs_answer_
     sx.write_bytes(lzma.compress(SOURCES.replace("12.8.0-1", "12.9.0-1").encode()))
     assert source.verified_stanza("sid")["Version"] == "12.9.0-1" and len(unpacked) == 2
     assert [p.name for p in tmp_path.glob("stanza-*")] == ["stanza-libvirt-newest-bbbbbbbbbbbbbbbb.json"]
+
+
+def test_a_target_that_cannot_be_had_is_an_infrastructure_error_not_a_verdict(monkeypatch):
+    """A catalog run reported 'failed: sid has no package libvirt-clients' (apt's lists were being rewritten by
+    the other worker): the mirror or apt failing is no answer of the bed's libvirt."""
+    from harness.errors import HarnessError, InfrastructureError
+    monkeypatch.setattr(upgrade, "begin", lambda bed, owner: ({"id": "stock"}, "stock"))
+
+    def no_target(bed, spec, original_id):
+        raise HarnessError("sid has no package libvirt-clients (installed in bed trixie)", hint="check the mirror")
+
+    monkeypatch.setattr(upgrade, "resolve", no_target)
+    with pytest.raises(InfrastructureError) as e:
+        upgrade.upgrade(SimpleNamespace(name="trixie", suite="trixie"), {"to": "next"}, owner="hx-x")
+    assert e.value.message == ("upgrade-libvirt: the target 'next' cannot be had: sid has no package libvirt-clients "
+                               "(installed in bed trixie)") and e.value.hint == "check the mirror"
+
+
+def test_apt_answers_no_such_package_only_when_it_says_so_and_reads_under_the_update_lock(tmp_path, monkeypatch):
+    from harness.errors import HarnessError
+    from harness.libvirt_build import packages
+    monkeypatch.setattr(packages, "sub", lambda *parts: tmp_path.joinpath(*parts))
+    apt = packages.Apt("sid")
+    held = []
+
+    def run(*args, **kw):
+        held.append(apt.lock.is_locked)
+        if args[:2] == ("apt-get", "update"):
+            return ""
+        name = args[-1]
+        if name == "gone":
+            raise HarnessError("apt-cache show --no-all-versions (sid) failed: E: No packages found")
+        if name == "broken":
+            raise HarnessError("apt-cache show --no-all-versions (sid) failed: E: The package lists or status file "
+                               "could not be parsed or opened.")
+        deps = "" if name != "libvirt0" else "libnl-3-200 (>= 3.11.0)"
+        return f"Package: {name}\nVersion: 1.{len(name)}\nDepends: {deps}\n"
+
+    monkeypatch.setattr(apt, "run", run)
+    assert apt.show("gone") is None
+    with pytest.raises(HarnessError, match="could not be parsed"):
+        apt.show("broken")                        # before: "sid has no package broken", a false verdict
+    monkeypatch.setattr(packages, "Apt", lambda suite: apt)
+    monkeypatch.setattr(packages, "bed_packages",
+                        lambda bed: ({"libvirt0": "11.3.0-1"}, set(), {"libvirt0": "libvirt"}))
+    held.clear()
+    out = packages.plan(SimpleNamespace(name="trixie"), "sid")
+    assert out["packages"] == {"libvirt0": "1.8", "libnl-3-200": "1.11"}
+    assert held and all(held)                     # apt-get update and every apt-cache read under the lock
+    assert not apt.lock.is_locked
