@@ -134,15 +134,26 @@ class Child:
     def output(self) -> str:
         return "".join(self.lines)
 
-    def record(self) -> dict:
+    def records(self) -> dict[str, dict]:
+        """The run's scenario records by name."""
         runs = [p for p in self.results.iterdir() if (p / "summary.json").exists()] if self.results.exists() else []
         assert len(runs) == 1, f"the run wrote no results in {self.results}:\n{self.output[-3000:]}"
-        (rec,) = json.loads((runs[0] / "summary.json").read_text())["scenarios"]
+        return {r["scenario"]: r for r in json.loads((runs[0] / "summary.json").read_text())["scenarios"]}
+
+    def record(self) -> dict:
+        (rec,) = self.records().values()
         return rec
 
 
 def bed_ssh(bed: state.BedInfo, cmd: str, timeout: float = 60) -> subprocess.CompletedProcess:
     return bed.ssh(cmd, timeout=timeout)
+
+
+def make_the_kernel_complain(bed: state.BedInfo) -> None:
+    """The bed kernel's own console line of an RCU stall (what lifecycle.trouble looks for), through /dev/kmsg."""
+    said = bed_ssh(bed, "echo '<3>rcu: INFO: rcu_preempt detected stalls on CPUs/tasks: (written by the test)' "
+                        "> /dev/kmsg")
+    assert said.returncode == 0, said.stderr
 
 
 def assert_bed_clean(bed: state.BedInfo) -> None:
@@ -404,9 +415,7 @@ def test_a_failure_under_a_bed_whose_kernel_complained_is_run_again_on_a_fresh_b
                   env={"HARNESS_RESULTS": str(lost), "HX_BED_OWNER": "itest-session"})
     try:
         child.wait_for("step 2 restart-daemon")
-        said = bed_ssh(b, "echo '<3>rcu: INFO: rcu_preempt detected stalls on CPUs/tasks: (written by the test)' "
-                          "> /dev/kmsg")
-        assert said.returncode == 0, said.stderr
+        make_the_kernel_complain(b)
         rc = child.finish(timeout=420)
         out = child.output
         assert rc != 0, out[-4000:]
@@ -460,14 +469,11 @@ def test_a_bed_that_complained_and_is_not_ours_ends_the_next_scenario_at_once_na
     (b.path / "brought-up-by").unlink(missing_ok=True)          # a bed a person brought up
     child = Child(tmp_path, "untrusted", TWO_ON_ONE_BED, b.name)
     child.wait_for("step 2 restart-daemon")
-    said = bed_ssh(b, "echo '<3>rcu: INFO: rcu_preempt detected stalls on CPUs/tasks: (written by the test)' "
-                      "> /dev/kmsg")
-    assert said.returncode == 0, said.stderr
+    make_the_kernel_complain(b)
     rc = child.finish(timeout=420)
     out = child.output
     assert rc != 0, out[-4000:]
-    (run,) = [p for p in child.results.iterdir() if (p / "summary.json").exists()]
-    recs = {r["scenario"]: r for r in json.loads((run / "summary.json").read_text())["scenarios"]}
+    recs = child.records()
     assert recs["while-the-bed-complains"]["verdict"] == "passed", recs
     after = recs["after-the-complaint"]
     assert after["verdict"] == "error" and after["steps"] == [], after           # nothing ran on that bed
