@@ -211,7 +211,8 @@ class ScenarioItem(pytest.Item):
                     # a bed that died or stalled is replaced first; one not ours to replace ends this at once
                     hx.heal(probe_ssh=attempt > 0 and self.record.verdict == "error")
                     self.record.steps = StepRecord.from_log(run_scenario(run, on_teardown=self._teardown_done))
-                    if run.cleanup_problems:
+                    if run.cleanup_problems:      # the record says so too (it said nothing before)
+                        self.record.failure = Failure.left_behind(sc.file, run.cleanup_problems, self.record.artefacts)
                         raise CleanupFailure(run.cleanup_problems)
                     self.record.verdict = "passed"
                     self.record.failure = None
@@ -279,10 +280,7 @@ class ScenarioItem(pytest.Item):
         problems = list(run.cleanup_problems) + ([job.error] if job.error else [])
         if problems:
             self.record.verdict = "error"
-            self.record.failure = Failure(
-                message=f"{self.scenario.file}: the steps passed, but the teardown after them left something "
-                        "behind:\n  " + "\n  ".join(problems),
-                check="cleanup", artefacts=self.record.artefacts)
+            self.record.failure = Failure.left_behind(self.scenario.file, problems, self.record.artefacts)
             self.session.testsfailed += 1
             tr = self.config.pluginmanager.get_plugin("terminalreporter")
             msg = f"harness: scenario {self.scenario.name}: {self.record.failure.message}"

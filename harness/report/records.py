@@ -51,6 +51,12 @@ class Failure:
         return {"message": self.message, "check": self.check, "artefacts": self.artefacts}
 
     @classmethod
+    def left_behind(cls, file: str, problems: list[str], artefacts: str) -> Failure:
+        """An error: the steps passed, but the teardown after them left something behind (or could not run)."""
+        return cls(f"{file}: the steps passed, but the teardown after them left something behind:\n  "
+                   + "\n  ".join(problems), "cleanup", artefacts)
+
+    @classmethod
     def untrusted_bed(cls, met: Failure | None, why: Exception, file: str, artefacts: str) -> Failure:
         """An error: the bed cannot be trusted (`why`); what the attempt met (`met`, a failure too) stays first."""
         if met is None:
