@@ -32,7 +32,11 @@ def free_port() -> int:
 
 
 def port_taken(port: int) -> bool:
+    """Whether a bed's QEMU could not listen on 127.0.0.1:`port`. Bound as QEMU's user networking binds its
+    hostfwd (SO_REUSEADDR): a port whose last bed just went down still has TIME_WAIT connections for a minute,
+    which stop a plain bind but not QEMU (CI: "port taken" right after `bed down`)."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:

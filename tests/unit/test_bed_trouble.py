@@ -201,3 +201,24 @@ def test_an_untrusted_bed_makes_an_error_that_keeps_what_the_attempt_met_first()
     f = Failure.untrusted_bed(step, why, "scenarios/x.yaml", "b")
     assert f.message.splitlines()[0] == step.message and f.message.endswith("hint: harness bed down --name b1")
     assert (type(f), f.check, f.artefacts) == (Failure, "infrastructure", "artefacts/x")   # an error, no verdict
+
+
+def test_a_port_left_in_time_wait_by_a_bed_that_went_down_is_free_for_the_next_bed():
+    """A bed's QEMU killed with an SSH connection open leaves its side in TIME_WAIT for a minute; QEMU binds
+    its hostfwd with SO_REUSEADDR, so the port is free for it (a plain bind, as before, called it taken)."""
+    import socket
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)    # as QEMU's hostfwd listens
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    port = srv.getsockname()[1]
+    assert qemu.port_taken(port)                     # listening: taken
+    cli = socket.create_connection(("127.0.0.1", port))
+    conn, _ = srv.accept()
+    conn.close()                                     # the bed's side closes first (QEMU killed) ...
+    srv.close()
+    cli.recv(1)
+    cli.close()                                      # ... so its side waits in TIME_WAIT
+    ss = subprocess.run(["ss", "-tanH", "state", "time-wait", f"sport = :{port}"], capture_output=True, text=True)
+    assert str(port) in ss.stdout, ss.stdout         # the kernel's own view: the port is in TIME_WAIT
+    assert not qemu.port_taken(port)
