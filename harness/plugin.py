@@ -203,13 +203,12 @@ class ScenarioItem(pytest.Item):
         attempts = self.config.getoption("hx_retries") + 1
         try:
             for attempt in itertools.count():
-                self.record.attempts = attempt + 1
+                self.record.attempts = attempt + 1     # a dead or stalled bed is replaced first (or ends this)
+                self._heal(hx, probe_ssh=attempt > 0 and self.record.verdict == "error")
                 art = hx.run_dir / art_rel
                 shutil.rmtree(art, ignore_errors=True)
                 run = self.run_state = RunState(sc, target, art)
                 try:
-                    # a bed that died or stalled is replaced first; one not ours to replace ends this at once
-                    hx.heal(probe_ssh=attempt > 0 and self.record.verdict == "error")
                     self.record.steps = StepRecord.from_log(run_scenario(run, on_teardown=self._teardown_done))
                     if run.cleanup_problems:      # the record says so too (it said nothing before)
                         self.record.failure = Failure.left_behind(sc.file, run.cleanup_problems, self.record.artefacts)
@@ -261,15 +260,19 @@ class ScenarioItem(pytest.Item):
     def _rerun_on_fresh_bed(self, hx, probe_ssh: bool) -> bool:
         """The bed failed under the last attempt (its QEMU died, its kernel stalled): the attempt said nothing
         about libvirt, so one more runs on the fresh bed that replaced it, retries or not (once a scenario)."""
-        try:
-            why = "" if self.record.bed_replaced else hx.heal(probe_ssh=probe_ssh)
-        except HarnessError as e:      # a broken bed that is not ours: the attempt said nothing about libvirt
-            self.record.verdict = "error"
-            self.record.failure = Failure.untrusted_bed(self.record.failure, e, self.scenario.file, self.record.artefacts)
-            raise
+        why = "" if self.record.bed_replaced else self._heal(hx, probe_ssh)
         if why:
             self.record.bed_replaced.append(why)
         return bool(why)
+
+    def _heal(self, hx, probe_ssh: bool) -> str:
+        """hx.heal; a broken bed that is not ours ends the scenario as an error (what an attempt met stays first)."""
+        try:
+            return hx.heal(probe_ssh=probe_ssh)
+        except HarnessError as e:
+            self.record.verdict = "error"
+            self.record.failure = Failure.untrusted_bed(self.record.failure, e, self.scenario.file, self.record.artefacts)
+            raise
 
     def _teardown_done(self, job) -> None:
         """A teardown handed off after this scenario passed has finished: record it; a teardown that left
@@ -361,8 +364,7 @@ class HarnessSession:
                 if why and heal.disposable(bed, heal.owners(self.sid)):
                     bed = lifecycle.replace(bed, why)
                 elif why:
-                    raise HarnessError(f"the bed {bed.name} cannot be trusted: {why}",
-                                       hint=f"take it down ('harness bed down --name {bed.name}') and bring up a fresh one")
+                    raise heal.untrusted(bed, why)
                 t = session.open_target(bed=bed)
         self._check_leftovers(t)
         self._claim_run_dir(t.meta())

@@ -55,6 +55,14 @@ def why_broken(bed: BedInfo, probe_ssh: bool) -> str:
     return "" if answered else "it does not answer SSH within 20 s"
 
 
+def untrusted(bed: BedInfo, why: str) -> HarnessError:
+    """The error for a broken bed that may not be replaced, with how to go on."""
+    return HarnessError(f"the bed {bed.name} cannot be trusted: {why}. It is not replaced: this run did not bring "
+                        "it up (it may hold a libvirt someone installed, or another run's work)",
+                        hint=f"take it down ('harness bed down --name {bed.name}') and run again: a run that brings "
+                             "up its own beds replaces them itself")
+
+
 def heal(t: session.Target, probe_ssh: bool, owners: tuple[str, ...]) -> str:
     """Replace the target's bed if it is broken and disposable, and point the target at the new one; returns
     why it was replaced ('' if it was well). A broken bed that is not disposable raises HarnessError. Other
@@ -67,10 +75,7 @@ def heal(t: session.Target, probe_ssh: bool, owners: tuple[str, ...]) -> str:
         return ""
     if not disposable(t.bed, owners):
         # every scenario after this one would wait out the same timeouts on it (100 s each): stop now, and say how
-        raise HarnessError(f"the bed {t.bed.name} cannot be trusted: {why}. It is not replaced: this run did not "
-                           "bring it up (it may hold a libvirt someone installed, or another run's work)",
-                           hint=f"take it down ('harness bed down --name {t.bed.name}') and run again: a run "
-                                "that brings up its own beds replaces them itself")
+        raise untrusted(t.bed, why)
     if t.reaper is not None:
         t.reaper.drain()          # this worker's teardowns hold read locks on the bed
     if t.lock_dir.exists():
